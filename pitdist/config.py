@@ -1,0 +1,323 @@
+"""Every setting of a pitdist run, as validated dataclasses.
+
+A job is a TOML file (see jobs/) whose tables mirror these dataclasses; any field can be overridden
+from the command line as ``--section.field value`` (``--model.pos_embed none``). Unknown keys, values
+of the wrong type and impossible values raise ConfigError naming the key and what is allowed, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, mistyped or impossible. The message names it and the fix."""
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+# Width, depth and heads of the PiT sizes (patch size 1). nano exists for tests and the default job:
+# 4 heads so Ulysses can split it over P = 1, 2 or 4 ranks.
+MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
+    "nano": (64, 4, 4),
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+}
+
+PosEmbedKind = Literal["none", "sincos", "learned"]
+
+
+@dataclass
+class ModelConfig:
+    size: Literal["nano", "tiny", "small", "base"] = "nano"
+    patch_size: int = 1  # 1 = PiT (one token per pixel); >1 = ViT
+    pos_embed: PosEmbedKind = "sincos"
+    # Under sequence parallelism, each SP rank keeps only the rows of a learned table for its tokens.
+    shard_pos_embed: bool = False
+    # 0 means "take it from the size preset".
+    dim: int = 0
+    depth: int = 0
+    heads: int = 0
+    mlp_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        _require(self.patch_size >= 1, "model.patch_size", f"must be >= 1, got {self.patch_size}")
+        for name in ("dim", "depth", "heads"):
+            _require(getattr(self, name) >= 0, f"model.{name}", "must be >= 0 (0 = from model.size)")
+        _require(self.mlp_ratio > 0, "model.mlp_ratio", f"must be > 0, got {self.mlp_ratio}")
+        _require(
+            self.width % self.num_heads == 0,
+            "model.dim",
+            f"{self.width} is not divisible by model.heads = {self.num_heads}",
+        )
+        _require(
+            self.pos_embed != "sincos" or self.width % 4 == 0,
+            "model.pos_embed",
+            f"'sincos' splits the width into 4 (row/column x sin/cos); model.dim = {self.width} is not a multiple of 4",
+        )
+        _require(
+            not self.shard_pos_embed or self.pos_embed == "learned",
+            "model.shard_pos_embed",
+            f"only applies to pos_embed = 'learned' (got '{self.pos_embed}'); set it to false",
+        )
+
+    @property
+    def width(self) -> int:
+        return self.dim or MODEL_PRESETS[self.size][0]
+
+    @property
+    def num_layers(self) -> int:
+        return self.depth or MODEL_PRESETS[self.size][1]
+
+    @property
+    def num_heads(self) -> int:
+        return self.heads or MODEL_PRESETS[self.size][2]
+
+
+@dataclass
+class DataConfig:
+    # "digits" = scikit-learn's bundled 8x8 digits; otherwise a path to a pitdist Arrow dataset.
+    dataset: str = "digits"
+    val_fraction: float = 0.2
+    shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        _require(bool(self.dataset), "data.dataset", "must name 'digits' or a dataset directory")
+
+
+@dataclass
+class ParallelConfig:
+    dp: int = 1  # Q: data-parallel groups
+    sp: int = 1  # P: ranks that split one image's tokens (DeepSpeed Ulysses)
+    zero_stage: int = 0
+    launcher: Literal["single", "local"] = "single"
+    # "auto" picks nccl when CUDA is available, else gloo.
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+
+    def __post_init__(self) -> None:
+        _require(self.dp >= 1, "parallel.dp", f"must be >= 1, got {self.dp}")
+        _require(self.sp >= 1, "parallel.sp", f"must be >= 1, got {self.sp}")
+        _require(self.zero_stage in (0, 1, 2), "parallel.zero_stage", f"must be 0, 1 or 2, got {self.zero_stage}")
+        _require(
+            self.launcher != "single" or self.world_size == 1,
+            "parallel.launcher",
+            f"'single' runs one process but dp * sp = {self.world_size}; use --parallel.launcher local",
+        )
+
+    @property
+    def world_size(self) -> int:
+        return self.dp * self.sp
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 20
+    grad_clip: float = 1.0  # global-norm clip; 0 disables it
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        _require(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            _require(0 <= value < 1, f"optim.{name}", f"must be in [0, 1), got {value}")
+        _require(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _require(self.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 32  # images per step over all data-parallel groups
+    seed: int = 0
+    log_every: int = 25
+    eval_batch_size: int = 256
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # "auto": bf16 on CUDA, fp32 on CPU.
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    threads: int = 0  # torch intra-op threads per process; 0 = cores / processes
+    output_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
+        _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")
+        _require(self.eval_batch_size >= 1, "train.eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+        _require(self.threads >= 0, "train.threads", f"must be >= 0 (0 = automatic), got {self.threads}")
+
+
+@dataclass
+class JobConfig:
+    name: str = "pitdist"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        q = self.parallel.dp
+        _require(
+            self.train.batch_size % q == 0,
+            "train.batch_size",
+            f"{self.train.batch_size} images cannot be split evenly over parallel.dp = {q} groups; "
+            f"use a multiple of {q}",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, tp: Any, value: Any, from_cli: bool) -> Any:
+    """Check (TOML) or parse (command line) one value against its field type."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if from_cli and isinstance(allowed[0], int):
+            try:
+                value = int(value)
+            except ValueError:
+                pass
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"config field {key} uses a union type; pitdist configs use plain types")
+    if tp is bool:
+        if from_cli and isinstance(value, str):
+            lowered = value.lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if from_cli and isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if from_cli and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"unsupported config field type {tp} for {key}")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str, source: str, from_cli: bool = False) -> Any:
+    """Instantiate ``cls`` from a nested dict, checking every key and value against the field types.
+
+    ``from_cli`` parses strings (command-line values) by field type and returns the nested dict of
+    typed values instead of an instance, so it can be merged over the TOML before validation.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"{dotted}: unknown setting in {source}; known keys here: {', '.join(sorted(fields))}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted}: is a section; set its keys ({dotted}.KEY), got {value!r}")
+            kwargs[key] = _build(tp, value, f"{dotted}.", source, from_cli)
+        else:
+            kwargs[key] = _coerce(dotted, tp, value, from_cli)
+    return kwargs if from_cli else cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``["--model.pos_embed", "none", "--train.steps=5"]`` -> nested dict of strings."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ConfigError(f"override {arg!r}: expected --section.key VALUE (e.g. --model.pos_embed none)")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override --{key}: missing value")
+            value = args[i + 1]
+            i += 1
+        i += 1
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override --{key}: {part} is a setting, not a section")
+        node[leaf] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
+    """Read a job TOML (or the defaults), apply ``--section.key value`` overrides, validate everything."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist (job files live in jobs/)") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if overrides:
+        typed = _build(JobConfig, parse_overrides(overrides), "", "command-line overrides", from_cli=True)
+        raw = _merge(raw, typed)
+        source = f"{source} + command line"
+    return _build(JobConfig, raw, "", source)
+
+
+def config_from_dict(raw: dict[str, Any]) -> JobConfig:
+    """Rebuild a JobConfig from ``to_dict()`` output (e.g. inside a worker process)."""
+    return _build(JobConfig, raw, "", "config dict")

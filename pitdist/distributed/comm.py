@@ -1,0 +1,108 @@
+"""The one module through which pitdist talks to other ranks.
+
+Everything pitdist sends goes through deepspeed.comm (a thin layer over torch.distributed) from here,
+so grepping this file finds every byte pitdist itself puts on the wire. DeepSpeed's engine (gradient
+reduction, ZeRO gathers) and its Ulysses layer call deepspeed.comm themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+import torch
+from deepspeed import comm as dist
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def pick_backend(requested: str) -> str:
+    """'auto' means nccl when this process has a CUDA device, gloo otherwise."""
+    if requested != "auto":
+        return requested
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_process_group(rank: int, world_size: int, backend: str, master_addr: str, master_port: int,
+                       local_rank: int | None = None, timeout_s: float = 600.0) -> None:
+    """Join (or, in a Ray Train worker, adopt) the default process group through deepspeed.comm."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if backend == "nccl" else "cpu")
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank if local_rank is None else local_rank),
+        MASTER_ADDR=master_addr,
+        MASTER_PORT=str(master_port),
+    )
+    dist.init_distributed(
+        dist_backend=backend, auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s), verbose=False
+    )
+
+
+def is_initialized() -> bool:
+    return dist.is_initialized()
+
+
+def get_rank(group=None) -> int:
+    return dist.get_rank(group=group)
+
+
+def get_world_size(group=None) -> int:
+    return dist.get_world_size(group=group)
+
+
+def new_group(ranks: list[int]):
+    return dist.new_group(ranks)
+
+
+def barrier(group=None) -> None:
+    dist.barrier(group=group)
+
+
+def all_reduce_(tensor: torch.Tensor, group=None) -> torch.Tensor:
+    """In-place sum over ``group``."""
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+    return tensor
+
+
+def all_gather_cat(tensor: torch.Tensor, group=None) -> torch.Tensor:
+    """Concatenate equal-shaped tensors from every rank of ``group`` along dim 0, in rank order."""
+    world = dist.get_world_size(group=group)
+    out = torch.empty((world * tensor.shape[0], *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    dist.all_gather_into_tensor(out, tensor.contiguous(), group=group)
+    return out
+
+
+def destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """y = sum over ranks of x, delivered to every rank.
+
+    Each rank's loss depends on y, and the engine sums gradients over the ranks, so the gradient of
+    the total with respect to x is the sum of every rank's dL/dy: the backward is an all-reduce too.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        y = x.clone()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM, group=group)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad, None
+
+
+def all_reduce_sum_autograd(x: torch.Tensor, group) -> torch.Tensor:
+    return _AllReduceSum.apply(x, group)

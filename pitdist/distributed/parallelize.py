@@ -1,0 +1,78 @@
+"""Apply sequence parallelism to a plain PiT, in one place.
+
+Three swaps, nothing else in the model changes:
+  * each block's inner attention -> DeepSpeed Ulysses (all-to-all tokens->heads, attention over all N
+    tokens for h/P heads, all-to-all back);
+  * the mean pool -> a sum over local tokens, all-reduced over the SP group, divided by the global N;
+  * optionally, a learned position table -> this rank's rows only (``model.shard_pos_embed``).
+Each rank then feeds the model its own token slice with the slice's global positions.
+"""
+
+from __future__ import annotations
+
+import torch
+from deepspeed.sequence.layer import DistributedAttention
+from torch import nn
+
+from pitdist.config import ModelConfig
+from pitdist.distributed import comm
+from pitdist.distributed.parallel_dims import Mesh
+from pitdist.models.pit import PiT
+from pitdist.models.pos_embed import LearnedPosEmbed
+
+
+class UlyssesAttention(nn.Module):
+    """Batch-first [b, s, h, d] Ulysses: scatter heads (dim 2), gather tokens (dim 1)."""
+
+    def __init__(self, local_attention: nn.Module, sp_group):
+        super().__init__()
+        self.dist_attn = DistributedAttention(local_attention, sp_group, scatter_idx=2, gather_idx=1)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.dist_attn(q, k, v, batch_dim_idx=0)
+
+
+class SequenceParallelMeanPool(nn.Module):
+    """Mean over all N tokens of an image when each SP rank holds N/P of them."""
+
+    def __init__(self, sp_group, num_tokens: int):
+        super().__init__()
+        self.sp_group = sp_group
+        self.num_tokens = num_tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return comm.all_reduce_sum_autograd(x.sum(dim=1), self.sp_group) / self.num_tokens
+
+
+def shard_learned_pos_embed(table: LearnedPosEmbed, lo: int, hi: int) -> LearnedPosEmbed:
+    """A LearnedPosEmbed holding rows [lo, hi) of ``table``, initialised from them."""
+    shard = LearnedPosEmbed(hi - lo, table.weight.shape[1], offset=lo)
+    with torch.no_grad():
+        shard.weight.copy_(table.weight[lo:hi])
+    shard.weight.sharded_over_sp = True  # read by the engine set-up: reduce over DP only
+    return shard
+
+
+def parallelize(model: PiT, mesh: Mesh, cfg: ModelConfig) -> PiT:
+    """Make ``model`` compute, on this rank's token slice, its share of the single-device result."""
+    if mesh.sp == 1:
+        return model
+    for block in model.blocks:
+        block.attn.inner_attention = UlyssesAttention(block.attn.inner_attention, mesh.sp_group)
+    model.pool = SequenceParallelMeanPool(mesh.sp_group, model.num_tokens)
+    if cfg.shard_pos_embed:
+        lo, hi = mesh.token_range(model.num_tokens)
+        model.pos_embed = shard_learned_pos_embed(model.pos_embed, lo, hi)
+    return model
+
+
+def consolidated_state_dict(model: PiT, mesh: Mesh) -> dict[str, torch.Tensor]:
+    """The plain (single-device) model's state dict, gathering a sharded position table.
+
+    Collective over the SP group when the table is sharded: every rank of the group must call it.
+    """
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    pos = model.pos_embed
+    if isinstance(pos, LearnedPosEmbed) and getattr(pos.weight, "sharded_over_sp", False):
+        state["pos_embed.weight"] = comm.all_gather_cat(pos.weight.detach(), group=mesh.sp_group).cpu()
+    return state
