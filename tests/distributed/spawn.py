@@ -1,0 +1,45 @@
+"""Run a function on W real gloo ranks (spawned processes) and collect what each returns."""
+
+from __future__ import annotations
+
+import traceback
+
+import torch
+import torch.multiprocessing as mp
+
+from pitdist.distributed import comm
+
+
+def _entry(rank: int, world: int, port: int, fn, args, results) -> None:
+    torch.set_num_threads(1)
+    try:
+        comm.init_process_group(rank, world, "gloo", "127.0.0.1", port)
+        results.put((rank, "ok", fn(rank, *args)))
+    except BaseException:
+        results.put((rank, "error", traceback.format_exc()))
+        raise
+    finally:
+        comm.destroy_process_group()
+
+
+def run_ranks(world: int, fn, *args, timeout: float = 600.0) -> list:
+    """fn(rank, *args) on every rank of a fresh process group; returns the results in rank order."""
+    ctx = mp.get_context("spawn")
+    results = ctx.SimpleQueue()
+    procs = mp.start_processes(_entry, args=(world, comm.free_port(), fn, args, results), nprocs=world,
+                               join=False, start_method="spawn")
+    try:
+        while not procs.join(timeout=timeout):
+            pass
+    except mp.ProcessException:
+        errors = []
+        while not results.empty():
+            rank, status, payload = results.get()
+            if status == "error":
+                errors.append(f"--- rank {rank} ---\n{payload}")
+        raise AssertionError("a rank failed:\n" + "\n".join(errors)) from None
+    out = {}
+    while not results.empty():
+        rank, _, payload = results.get()
+        out[rank] = payload
+    return [out[r] for r in range(world)]

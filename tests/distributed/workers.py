@@ -1,0 +1,97 @@
+"""Code that runs on each rank of the distributed tests (importable by spawned processes)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pitdist.config import load_config
+from pitdist.distributed.parallel_dims import Mesh, ParallelDims
+from pitdist.distributed.parallelize import consolidated_state_dict, parallelize
+from pitdist.models.pit import build_model, pixels_to_tokens
+from pitdist.train.engine import build_engine
+from pitdist.train.trainer import train
+
+IMAGE = (8, 8, 1)  # 64 pixel tokens: divisible by P = 1, 2, 4
+CLASSES = 10
+
+
+def sp_test_config(pos_embed: str, shard: bool, dp: int, sp: int, zero: int = 0, grad_clip: float = 0.0):
+    return load_config(None, [
+        "--model.pos_embed", pos_embed, "--model.shard_pos_embed", str(shard).lower(),
+        "--parallel.dp", str(dp), "--parallel.sp", str(sp), "--parallel.launcher", "local" if dp * sp > 1 else "single",
+        "--parallel.zero_stage", str(zero), "--optim.grad_clip", str(grad_clip), "--train.batch_size", "4",
+    ])
+
+
+def one_step_versus_single_device(rank: int, dp: int, sp: int, variants: list[tuple[str, bool]]) -> list[dict]:
+    """Forward + backward of one batch through the DeepSpeed engine on a DP x SP mesh.
+
+    Returns, per PE variant, the largest relative differences of logits, loss and every parameter
+    gradient from the plain model run on the whole global batch in this very process.
+    """
+    mesh = Mesh(ParallelDims(dp, sp))
+    gen = torch.Generator().manual_seed(1234)
+    pixels = torch.randint(0, 256, (dp * 2, *IMAGE), dtype=torch.uint8, generator=gen)  # 2 images per DP group
+    labels = torch.randint(0, CLASSES, (dp * 2,), generator=gen)
+    report = []
+    for pos_embed, shard in variants:
+        cfg = sp_test_config(pos_embed, shard, dp, sp)
+        torch.manual_seed(0)
+        reference = build_model(cfg.model, IMAGE, CLASSES)
+        model = parallelize(copy.deepcopy(reference), mesh, cfg.model)
+        engine = build_engine(model, cfg, mesh, torch.float32)
+
+        ref_logits = reference.forward_images(pixels)
+        F.cross_entropy(ref_logits, labels).backward()
+        ref_grads = {n: p.grad for n, p in reference.named_parameters()}
+
+        mine = slice(mesh.dp_rank * 2, mesh.dp_rank * 2 + 2)
+        lo, hi = mesh.token_range(64)
+        tokens = pixels_to_tokens(pixels[mine], 1, (lo, hi))
+        logits = engine(tokens, torch.arange(lo, hi))
+        loss = F.cross_entropy(logits, labels[mine])
+        engine.backward(loss / sp)  # ZeRO 0: the engine all-reduces gradients here
+
+        def rel(a, b):
+            return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+        diffs = {"logits": rel(logits.detach(), ref_logits[mine].detach()),
+                 "loss": rel(loss.detach(), F.cross_entropy(ref_logits[mine], labels[mine]).detach())}
+        for name, p in engine.module.named_parameters():
+            expected = ref_grads[name]
+            if name == "pos_embed.weight" and shard:
+                expected = expected[lo:hi]
+                assert p.shape == expected.shape, (p.shape, expected.shape)
+            diffs[f"grad {name}"] = rel(p.grad, expected)
+        full = consolidated_state_dict(engine.module, mesh)
+        diffs["consolidated state"] = max(rel(full[k], v) if v.abs().max() > 0 else float((full[k] - v).abs().max())
+                                          for k, v in reference.state_dict().items())
+        report.append({"variant": f"{pos_embed}{' sharded' if shard else ''}", "diffs": diffs})
+    return report
+
+
+def loss_curve(rank: int, overrides: list[str], out_dir: str) -> list[float]:
+    """20 real training steps with the trainer every job uses; returns the global loss per step."""
+    cfg = load_config(None, ["--train.batch_size", "8", "--train.steps", "20", "--train.log_every", "10", *overrides])
+    mesh = Mesh(ParallelDims(cfg.parallel.dp, cfg.parallel.sp))
+    run_dir = Path(out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return train(cfg, mesh, torch.device("cpu"), run_dir).losses
+
+
+def batch_ids(rank: int, dp: int, sp: int, steps: int) -> list[list[int]]:
+    """The image ids this rank trains on at each step."""
+    from pitdist.data.sharding import BatchSchedule
+    from pitdist.train.trainer import LocalBatches, split_dataset
+
+    cfg = load_config(None, ["--parallel.dp", str(dp), "--parallel.sp", str(sp), "--parallel.launcher", "local"])
+    mesh = Mesh(ParallelDims(dp, sp))
+    train_data, _ = split_dataset(cfg)
+    schedule = BatchSchedule(len(train_data), cfg.train.batch_size, cfg.train.seed)
+    batches = LocalBatches(train_data, schedule, mesh, 1, torch.device("cpu"), torch.float32)
+    return [np.asarray(batches(s)[0]).tolist() for s in range(steps)]
