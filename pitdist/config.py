@@ -162,6 +162,15 @@ class TrainConfig:
 
 
 @dataclass
+class MetricsConfig:
+    # Record every collective (bytes, seconds, cause) in the communication ledger.
+    ledger: bool = True
+    # Also count collectives with DeepSpeed's comms logger and a c10d dispatch counter, to check
+    # the ledger against (slower: the comms logger synchronises after every call).
+    crosscheck: bool = False
+
+
+@dataclass
 class JobConfig:
     name: str = "pitdist"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -169,6 +178,7 @@ class JobConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
         q = self.parallel.dp

@@ -14,6 +14,8 @@ from datetime import timedelta
 import torch
 from deepspeed import comm as dist
 
+from pitdist.distributed.ledger import tag
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
@@ -64,17 +66,22 @@ def barrier(group=None) -> None:
     dist.barrier(group=group)
 
 
-def all_reduce_(tensor: torch.Tensor, group=None) -> torch.Tensor:
+# Every collective pitdist issues names its cause (the ledger category it is counted under).
+
+
+def all_reduce_(tensor: torch.Tensor, group, *, category: str) -> torch.Tensor:
     """In-place sum over ``group``."""
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+    with tag(category):
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
     return tensor
 
 
-def all_gather_cat(tensor: torch.Tensor, group=None) -> torch.Tensor:
+def all_gather_cat(tensor: torch.Tensor, group, *, category: str) -> torch.Tensor:
     """Concatenate equal-shaped tensors from every rank of ``group`` along dim 0, in rank order."""
     world = dist.get_world_size(group=group)
     out = torch.empty((world * tensor.shape[0], *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-    dist.all_gather_into_tensor(out, tensor.contiguous(), group=group)
+    with tag(category):
+        dist.all_gather_into_tensor(out, tensor.contiguous(), group=group)
     return out
 
 
@@ -91,18 +98,14 @@ class _AllReduceSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
-        ctx.group = group
-        y = x.clone()
-        dist.all_reduce(y, op=dist.ReduceOp.SUM, group=group)
-        return y
+    def forward(ctx, x: torch.Tensor, group, category: str) -> torch.Tensor:
+        ctx.group, ctx.category = group, category
+        return all_reduce_(x.clone(), group, category=category)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        grad = grad.clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad, None
+        return all_reduce_(grad.clone(), ctx.group, category=ctx.category), None, None
 
 
-def all_reduce_sum_autograd(x: torch.Tensor, group) -> torch.Tensor:
-    return _AllReduceSum.apply(x, group)
+def all_reduce_sum_autograd(x: torch.Tensor, group, *, category: str) -> torch.Tensor:
+    return _AllReduceSum.apply(x, group, category)

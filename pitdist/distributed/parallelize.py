@@ -41,7 +41,7 @@ class SequenceParallelMeanPool(nn.Module):
         self.num_tokens = num_tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return comm.all_reduce_sum_autograd(x.sum(dim=1), self.sp_group) / self.num_tokens
+        return comm.all_reduce_sum_autograd(x.sum(dim=1), self.sp_group, category="pooling") / self.num_tokens
 
 
 def shard_learned_pos_embed(table: LearnedPosEmbed, lo: int, hi: int) -> LearnedPosEmbed:
@@ -49,8 +49,13 @@ def shard_learned_pos_embed(table: LearnedPosEmbed, lo: int, hi: int) -> Learned
     shard = LearnedPosEmbed(hi - lo, table.weight.shape[1], offset=lo)
     with torch.no_grad():
         shard.weight.copy_(table.weight[lo:hi])
-    shard.weight.sharded_over_sp = True  # read by the engine set-up: reduce over DP only
+    shard.weight.sharded_over_sp = True  # its gradient is reduced over the DP group only
     return shard
+
+
+def is_sharded(param: torch.Tensor) -> bool:
+    """True for a parameter that holds different rows on each SP rank."""
+    return getattr(param, "sharded_over_sp", False)
 
 
 def parallelize(model: PiT, mesh: Mesh, cfg: ModelConfig) -> PiT:
@@ -73,6 +78,6 @@ def consolidated_state_dict(model: PiT, mesh: Mesh) -> dict[str, torch.Tensor]:
     """
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     pos = model.pos_embed
-    if isinstance(pos, LearnedPosEmbed) and getattr(pos.weight, "sharded_over_sp", False):
-        state["pos_embed.weight"] = comm.all_gather_cat(pos.weight.detach(), group=mesh.sp_group).cpu()
+    if isinstance(pos, LearnedPosEmbed) and is_sharded(pos.weight):
+        state["pos_embed.weight"] = comm.all_gather_cat(pos.weight.detach(), mesh.sp_group, category="checkpoint").cpu()
     return state

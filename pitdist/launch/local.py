@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException
 
 from pitdist.config import JobConfig, config_from_dict
 from pitdist.distributed import comm
@@ -71,7 +72,7 @@ def launch_local(cfg: JobConfig, run_dir: Path) -> RunResult:
     try:
         while not procs.join(timeout=1.0):
             pass
-    except mp.ProcessException as exc:
+    except ProcessException as exc:
         errors = []
         while not results.empty():
             rank, status, payload = results.get()

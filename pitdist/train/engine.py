@@ -50,6 +50,8 @@ def deepspeed_config(cfg: JobConfig, dtype: torch.dtype) -> dict[str, Any]:
         "bf16": {"enabled": dtype == torch.bfloat16},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
+        # An independent count of every deepspeed.comm call, to check pitdist's ledger against.
+        "comms_logger": {"enabled": cfg.metrics.crosscheck, "prof_all": True, "debug": False, "verbose": False},
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -17,8 +18,11 @@ from pitdist.config import JobConfig
 from pitdist.data.dataset import PixelDataset, load_dataset
 from pitdist.data.sharding import BatchSchedule
 from pitdist.distributed import comm
+from pitdist.distributed.ledger import CommLedger
+from pitdist.metrics.crosscheck import C10dCounter, comms_logger_totals, reset_comms_logger
+from pitdist.models.pos_embed import LearnedPosEmbed
 from pitdist.distributed.parallel_dims import Mesh, ParallelDims
-from pitdist.distributed.parallelize import consolidated_state_dict, parallelize
+from pitdist.distributed.parallelize import consolidated_state_dict, is_sharded, parallelize
 from pitdist.metrics.flops import flops_per_image
 from pitdist.models.pit import build_model, pixels_to_tokens
 from pitdist.train.engine import build_engine, resolve_dtype
@@ -89,67 +93,97 @@ def evaluate(model: torch.nn.Module, batches: LocalBatches, data: PixelDataset, 
         correct += int((pred == torch.from_numpy(data.labels[index])).sum())
     model.train()
     counts = torch.tensor([correct, len(share)], dtype=torch.float64, device=batches.device)
-    comm.all_reduce_(counts, group=mesh.dp_group)
+    comm.all_reduce_(counts, mesh.dp_group, category="eval")
     return float(counts[0] / counts[1])
+
+
+class StepLog:
+    """Rank 0's progress bar and metrics.jsonl: loss, images/s, tokens/s, achieved TFLOP/s."""
+
+    def __init__(self, cfg: JobConfig, run_dir: Path, enabled: bool, tokens_per_image: int, image_flops: float):
+        self.cfg, self.enabled = cfg, enabled
+        self.tokens_per_image, self.image_flops = tokens_per_image, image_flops
+        self.file = (run_dir / "metrics.jsonl").open("w") if enabled else None
+        self.bar = tqdm(total=cfg.train.steps, desc=f"train {cfg.name}", disable=not enabled, dynamic_ncols=True,
+                        mininterval=0.1 if sys.stderr.isatty() else 5.0)
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+    def step(self, step: int, loss: float, lr: float) -> None:
+        self.window_steps += 1
+        self.bar.update(1)
+        if (step + 1) % self.cfg.train.log_every and step + 1 != self.cfg.train.steps:
+            return
+        images_per_s = self.window_steps * self.cfg.train.batch_size / (time.perf_counter() - self.window_start)
+        record = {"step": step + 1, "loss": loss, "lr": lr, "images_per_s": images_per_s,
+                  "tokens_per_s": images_per_s * self.tokens_per_image,
+                  "tflops": images_per_s * self.image_flops / 1e12}
+        self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}")
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file:
+            self.file.close()
 
 
 def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path) -> RunResult:
     """Train on this rank; every rank returns the same RunResult."""
-    is_main = mesh.rank == 0
     train_data, val_data = split_dataset(cfg)
     validate_mesh(cfg, train_data.image_shape, world_size=mesh.world_size)
     dtype = resolve_dtype(cfg.train.dtype, device)
 
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model = build_model(cfg.model, train_data.image_shape, train_data.num_classes)
-    model = parallelize(model, mesh, cfg.model).to(device)
-    engine = build_engine(model, cfg, mesh, dtype)
+    ledger = CommLedger(mesh.rank)
+    if cfg.metrics.ledger:
+        ledger.install()
+        for name in ("sp", "dp", "sdp"):
+            ledger.name_group(getattr(mesh, f"{name}_group"), name)
+    try:
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        model = build_model(cfg.model, train_data.image_shape, train_data.num_classes)
+        model = parallelize(model, mesh, cfg.model).to(device)
+        ledger.watch_layers(model.blocks)
+        engine = build_engine(model, cfg, mesh, dtype)
 
-    schedule = BatchSchedule(len(train_data), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle)
-    batches = LocalBatches(train_data, schedule, mesh, cfg.model.patch_size, device, dtype)
-    image_flops = flops_per_image(cfg.model, batches.num_tokens, train_data.image_shape[2], train_data.num_classes)
+        schedule = BatchSchedule(len(train_data), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle)
+        batches = LocalBatches(train_data, schedule, mesh, cfg.model.patch_size, device, dtype)
+        image_flops = flops_per_image(cfg.model, batches.num_tokens, train_data.image_shape[2], train_data.num_classes)
+        log = StepLog(cfg, run_dir, mesh.rank == 0, batches.num_tokens, image_flops)
+        losses: list[float] = []
+        with contextlib.ExitStack() as stack:
+            counter = stack.enter_context(C10dCounter()) if cfg.metrics.crosscheck else None
+            if counter is not None:
+                reset_comms_logger()
+            start = time.perf_counter()
+            for step in range(cfg.train.steps):
+                ledger.step = step
+                _, tokens, labels = batches(step)
+                with ledger.in_phase("forward"):
+                    loss = F.cross_entropy(engine(tokens, batches.positions).float(), labels)
+                with ledger.in_phase("backward"):
+                    # Every SP rank computes the same group loss and DeepSpeed SUMS gradients over SP
+                    # ranks: dividing by P makes the summed gradient that of the group's mean loss.
+                    engine.backward(loss / mesh.sp)
+                with ledger.in_phase("optimizer"):
+                    engine.step()
+                with ledger.in_phase("metrics"):
+                    # The global mean loss, for the log: one 4-byte all-reduce over the DP group.
+                    total = comm.all_reduce_(loss.detach().float().reshape(1), mesh.dp_group, category="metrics")
+                losses.append(float(total) / mesh.dp)
+                log.step(step, losses[-1], engine.get_lr()[0])
+            wall = time.perf_counter() - start
+        log.close()
+        crosscheck = {"c10d": dict(counter.totals), "comms_logger": comms_logger_totals()} if counter else None
+        ledger.step = None
+        with ledger.in_phase("eval"):
+            accuracy = evaluate(engine.module, batches, val_data, cfg.train.eval_batch_size)
+            state = consolidated_state_dict(engine.module, mesh)  # whole PE table even when sharded
+    finally:
+        ledger.uninstall()
 
-    metrics_file = (run_dir / "metrics.jsonl").open("w") if is_main else None
-    losses: list[float] = []
-    bar = tqdm(total=cfg.train.steps, desc=f"train {cfg.name}", disable=not is_main, dynamic_ncols=True,
-               mininterval=0.1 if sys.stderr.isatty() else 5.0)
-    window_start, window_steps = time.perf_counter(), 0
-    start = time.perf_counter()
-    for step in range(cfg.train.steps):
-        _, tokens, labels = batches(step)
-        logits = engine(tokens, batches.positions)
-        loss = F.cross_entropy(logits.float(), labels)
-        # Every SP rank computes the same group loss and DeepSpeed SUMS gradients over SP ranks:
-        # dividing by P makes the summed gradient that of the group's mean loss.
-        engine.backward(loss / mesh.sp)
-        engine.step()
-
-        # The global mean loss, for the log: one 4-byte all-reduce over the DP group.
-        global_loss = comm.all_reduce_(loss.detach().float().reshape(1), group=mesh.dp_group) / mesh.dp
-        losses.append(float(global_loss))
-        window_steps += 1
-        bar.update(1)
-        if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
-            elapsed = time.perf_counter() - window_start
-            images_per_s = window_steps * cfg.train.batch_size / elapsed
-            record = {
-                "step": step + 1,
-                "loss": losses[-1],
-                "lr": engine.get_lr()[0],
-                "images_per_s": images_per_s,
-                "tokens_per_s": images_per_s * batches.num_tokens,
-                "tflops": images_per_s * image_flops / 1e12,
-            }
-            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_s:.0f}")
-            if metrics_file:
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-            window_start, window_steps = time.perf_counter(), 0
-    wall = time.perf_counter() - start
-    bar.close()
-
-    accuracy = evaluate(engine.module, batches, val_data, cfg.train.eval_batch_size)
-    state = consolidated_state_dict(engine.module, mesh)  # whole PE table even when sharded
+    write_comm_record(run_dir, mesh, ledger, engine, crosscheck)
     images_per_s = cfg.train.steps * cfg.train.batch_size / wall
     result = RunResult(
         losses=losses,
@@ -162,8 +196,26 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path) -> Ru
         dropped_per_epoch=schedule.dropped_per_epoch,
         run_dir=str(run_dir),
     )
-    if is_main:
-        metrics_file.close()
+    if mesh.rank == 0:
         torch.save(state, run_dir / "model.pt")
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         (run_dir / "result.json").write_text(json.dumps(asdict(result), indent=1))
     return result
+
+
+def write_comm_record(run_dir: Path, mesh: Mesh, ledger: CommLedger, engine, crosscheck: dict | None) -> None:
+    """comm/rank<r>.json: this rank's ledger rows, plus what the report needs to attribute them."""
+    grads = [p for p in engine.module.parameters() if p.requires_grad]
+    pe = engine.module.pos_embed
+    replicated_pe = pe.weight.numel() if isinstance(pe, LearnedPosEmbed) and not is_sharded(pe.weight) else 0
+    record = {
+        "rank": mesh.rank, "dp_rank": mesh.dp_rank, "sp_rank": mesh.sp_rank, "dp": mesh.dp, "sp": mesh.sp,
+        # The engine reduces these gradient elements together; the replicated PE table is one share.
+        "engine_grad_elements": sum(p.numel() for p in grads if not is_sharded(p)),
+        "replicated_pe_elements": replicated_pe,
+        "rows": ledger.rows(),
+        "crosscheck": crosscheck,
+    }
+    comm_dir = run_dir / "comm"
+    comm_dir.mkdir(exist_ok=True)
+    (comm_dir / f"rank{mesh.rank}.json").write_text(json.dumps(record))

@@ -6,6 +6,7 @@ import traceback
 
 import torch
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException
 
 from pitdist.distributed import comm
 
@@ -31,7 +32,7 @@ def run_ranks(world: int, fn, *args, timeout: float = 600.0) -> list:
     try:
         while not procs.join(timeout=timeout):
             pass
-    except mp.ProcessException:
+    except ProcessException:
         errors = []
         while not results.empty():
             rank, status, payload = results.get()

@@ -1,0 +1,265 @@
+"""The communication ledger: bytes and seconds of every collective this rank issues, by cause.
+
+It sits on DeepSpeed's communication backend object (``deepspeed.comm.comm.cdb``), which every
+``deepspeed.comm`` call goes through whatever module made it (pitdist's comm module, the Ulysses layer,
+the engine's gradient reduction, ZeRO), so nothing escapes by having imported a function early.
+
+Each record says what the collective was HANDED (the bytes of the tensor given to it, what DeepSpeed's
+comms logger calls the message size) and what LEAVES this rank under a stated algorithm:
+
+    all_to_all_single  n bytes over W ranks   sent n*(W-1)/W    (1/W of the buffer stays local)
+    all_reduce         n bytes                sent 2*n*(W-1)/W  (ring: reduce-scatter + all-gather)
+    all_gather         shard of s bytes       sent s*(W-1)      (ring)
+    reduce_scatter     n bytes                sent n*(W-1)/W    (ring)
+    broadcast, reduce  n bytes                sent n*(W-1)/W    (pipelined chain, averaged over ranks)
+
+The cause (category) is set by whoever knows it: pitdist tags its own calls (pooling, metrics, eval,
+pe_grad_reduce); calls DeepSpeed makes are classified by operation and training phase (see
+``_classify``). The trainer marks phases (forward / backward / optimizer) and steps; block hooks mark
+the layer. The replicated learned PE table's gradient travels inside DeepSpeed's flat gradient
+buckets; ``summary`` attributes to it the share of gradient bytes equal to its share of gradient
+elements (every gradient element is reduced exactly once per step, so the split is exact).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+# DeepSpeed backend (deepspeed/comm/torch.py) methods the ledger wraps: their parameters in order
+# (its decorators hide the signatures from inspect) and which one holds what the call is handed.
+_BACKEND_OPS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "all_reduce": (("tensor", "op", "group", "async_op"), "tensor"),
+    "inference_all_reduce": (("tensor", "op", "group"), "tensor"),
+    "all_reduce_coalesced": (("tensors", "op", "group", "async_op"), "tensors"),
+    "reduce": (("tensor", "dst", "op", "group", "async_op"), "tensor"),
+    "reduce_scatter": (("output", "input_list", "op", "group", "async_op"), "input_list"),
+    "reduce_scatter_tensor": (("output_tensor", "input_tensor", "op", "group", "async_op"), "input_tensor"),
+    "broadcast": (("tensor", "src", "group", "async_op"), "tensor"),
+    "all_gather": (("tensor_list", "tensor", "group", "async_op"), "tensor"),
+    "all_gather_into_tensor": (("output_tensor", "input_tensor", "group", "async_op"), "input_tensor"),
+    "all_gather_base": (("output_tensor", "input_tensor", "group", "async_op"), "input_tensor"),
+    "all_gather_coalesced": (("output_tensors", "input_tensors", "group", "async_op"), "input_tensors"),
+    "all_to_all_single": (("output", "input", "output_split_sizes", "input_split_sizes", "group", "async_op"), "input"),
+    "all_to_all": (("output_tensor_list", "input_tensor_list", "group", "async_op"), "input_tensor_list"),
+    "send": (("tensor", "dst", "group", "tag"), "tensor"),
+    "recv": (("tensor", "src", "group", "tag"), "tensor"),
+    "isend": (("tensor", "dst", "group", "tag"), "tensor"),
+    "irecv": (("tensor", "src", "group", "tag"), "tensor"),
+    "gather": (("tensor", "gather_list", "dst", "group", "async_op"), "tensor"),
+    "scatter": (("tensor", "scatter_list", "src", "group", "async_op"), "scatter_list"),
+    "barrier": (("group", "async_op", "device_ids"), None),
+}
+
+
+def _nbytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(o) for o in obj)
+    return 0
+
+
+def sent_bytes(op: str, handed: int, world: int) -> float:
+    """Bytes that leave one rank for a collective handed ``handed`` bytes over ``world`` ranks."""
+    if world <= 1:
+        return 0.0
+    if op in ("all_reduce", "inference_all_reduce", "all_reduce_coalesced"):
+        return 2.0 * handed * (world - 1) / world
+    if op in ("all_gather", "all_gather_into_tensor", "all_gather_base", "all_gather_coalesced"):
+        return float(handed * (world - 1))
+    if op in ("send", "isend"):
+        return float(handed)
+    if op in ("recv", "irecv", "barrier"):
+        return 0.0
+    # all_to_all(_single), reduce_scatter(_tensor), broadcast, reduce, gather, scatter
+    return handed * (world - 1) / world
+
+
+@dataclass
+class Totals:
+    count: int = 0
+    handed: int = 0
+    sent: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, other: "Totals") -> None:
+        self.count += other.count
+        self.handed += other.handed
+        self.sent += other.sent
+        self.seconds += other.seconds
+
+
+def _classify(op: str, phase: str, handed: int) -> str:
+    """The cause of a collective DeepSpeed issued on its own."""
+    if op in ("all_to_all_single", "all_to_all"):
+        return "attention_a2a"  # only the Ulysses layer issues all-to-alls
+    if phase == "init":
+        return "init_broadcast" if op == "broadcast" else "init"
+    if phase == "backward" and op in ("all_reduce", "all_reduce_coalesced", "reduce", "reduce_scatter_tensor",
+                                      "reduce_scatter"):
+        return "grad_reduce"
+    if phase == "optimizer":
+        if op.startswith("all_gather"):
+            return "zero_param_gather"  # ZeRO 1/2: every rank gathers the updated partitions
+        if op == "all_reduce" and handed <= 16:
+            return "grad_norm"
+        return "optimizer"
+    return "other"
+
+
+class CommLedger:
+    """Per-rank record of collectives, aggregated by (step, phase, category, op, group, layer)."""
+
+    def __init__(self, rank: int = 0):
+        self.rank = rank
+        self.step: int | None = None
+        self.phase = "init"
+        self.layer: int | None = None
+        self._category: list[str] = []
+        self._groups: dict[int, tuple[str, int]] = {}
+        self.records: dict[tuple, Totals] = defaultdict(Totals)
+        self._backend = None
+        self._sync_cuda = torch.cuda.is_available()
+        self.enabled = True
+
+    # --- context the callers provide ------------------------------------------------------------
+    def name_group(self, group, name: str) -> None:
+        from deepspeed import comm as dist
+
+        self._groups[id(group)] = (name, dist.get_world_size(group=group))
+
+    @contextlib.contextmanager
+    def category(self, name: str) -> Iterator[None]:
+        self._category.append(name)
+        try:
+            yield
+        finally:
+            self._category.pop()
+
+    @contextlib.contextmanager
+    def in_phase(self, phase: str) -> Iterator[None]:
+        previous, self.phase = self.phase, phase
+        try:
+            yield
+        finally:
+            self.phase = previous
+            self.layer = None
+
+    def watch_layers(self, blocks) -> list:
+        """Hooks that mark which block a collective belongs to, forward and backward."""
+        handles = []
+        for i, block in enumerate(blocks):
+            handles.append(block.register_forward_pre_hook(lambda m, a, i=i: setattr(self, "layer", i)))
+            handles.append(block.register_full_backward_pre_hook(lambda m, g, i=i: setattr(self, "layer", i)))
+        return handles
+
+    # --- recording -----------------------------------------------------------------------------
+    def _group_info(self, group) -> tuple[str, int]:
+        if group is None or group is torch.distributed.GroupMember.WORLD:
+            from deepspeed import comm as dist
+
+            return "world", dist.get_world_size()
+        info = self._groups.get(id(group))
+        if info is None:
+            from deepspeed import comm as dist
+
+            info = (f"group{dist.get_world_size(group=group)}", dist.get_world_size(group=group))
+        return info
+
+    def record(self, op: str, handed: int, group, seconds: float) -> None:
+        group_name, world = self._group_info(group)
+        category = self._category[-1] if self._category else _classify(op, self.phase, handed)
+        key = (self.step, self.phase, category, op, group_name, self.layer if category == "attention_a2a" else None)
+        t = self.records[key]
+        t.count += 1
+        t.handed += handed
+        t.sent += sent_bytes(op, handed, world)
+        t.seconds += seconds
+
+    def _wrap(self, op: str, method):
+        params, handed_arg = _BACKEND_OPS[op]
+
+        def recorded(*args, **kwargs):
+            if not self.enabled:
+                return method(*args, **kwargs)
+            bound = {**dict(zip(params, args)), **kwargs}
+            if self._sync_cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            out = method(*args, **kwargs)
+            if self._sync_cuda:
+                torch.cuda.synchronize()
+            handed = _nbytes(bound.get(handed_arg)) if handed_arg else 0
+            self.record(op, handed, bound.get("group"), time.perf_counter() - start)
+            return out
+
+        recorded.__wrapped__ = method
+        return recorded
+
+    def install(self) -> "CommLedger":
+        """Start recording every deepspeed.comm call of this process."""
+        import deepspeed.comm.comm as ds_comm
+
+        global _installed
+        if _installed is not None:
+            raise RuntimeError("a communication ledger is already installed in this process")
+
+        backend = ds_comm.cdb
+        if backend is None:
+            raise RuntimeError("the ledger needs an initialised deepspeed.comm (call init_process_group first)")
+        for op in _BACKEND_OPS:
+            if hasattr(backend, op):
+                setattr(backend, op, self._wrap(op, getattr(type(backend), op).__get__(backend)))
+        self._backend = backend
+        _installed = self
+        return self
+
+    def uninstall(self) -> None:
+        global _installed
+        if self._backend is not None:
+            for op in _BACKEND_OPS:
+                self._backend.__dict__.pop(op, None)
+            self._backend = None
+        if _installed is self:
+            _installed = None
+
+    # --- reading -------------------------------------------------------------------------------
+    def rows(self) -> list[dict]:
+        out = []
+        for (step, phase, category, op, group, layer), t in sorted(self.records.items(), key=lambda kv: str(kv[0])):
+            out.append({"rank": self.rank, "step": step, "phase": phase, "category": category, "op": op,
+                        "group": group, "layer": layer, "count": t.count, "handed_bytes": t.handed,
+                        "sent_bytes": t.sent, "seconds": t.seconds})
+        return out
+
+
+# The ledger recording this process, if any: the backend it patches is process-wide too.
+_installed: CommLedger | None = None
+
+
+@contextlib.contextmanager
+def tag(category: str) -> Iterator[None]:
+    """Attribute the collectives issued inside to ``category`` (no-op when nothing records)."""
+    if _installed is None:
+        yield
+    else:
+        with _installed.category(category):
+            yield
+
+
+def per_step_totals(rows: list[dict], by: tuple[str, ...] = ("category",)) -> dict[tuple, Totals]:
+    """Average per training step of the rows of one rank (init and eval are not steps)."""
+    steps = {r["step"] for r in rows if r["step"] is not None and r["phase"] in ("forward", "backward", "optimizer")}
+    out: dict[tuple, Totals] = defaultdict(Totals)
+    for r in rows:
+        if r["step"] not in steps or r["phase"] not in ("forward", "backward", "optimizer"):
+            continue
+        out[tuple(r[k] for k in by)].add(Totals(r["count"], r["handed_bytes"], r["sent_bytes"], r["seconds"]))
+    n = max(1, len(steps))
+    return {k: Totals(t.count // n, t.handed // n, t.sent / n, t.seconds / n) for k, t in out.items()}

@@ -1,0 +1,119 @@
+"""Analytical model of what one rank communicates per training step (DESIGN.md section 5).
+
+Notation: b images per SP group per step, N tokens per image, D width, L layers, P SP ranks, Q DP
+ranks, W = Q*P, e bytes per element. Every category gives the bytes a collective is HANDED (the
+tensor passed to it) and the bytes that LEAVE the rank under the algorithm named in
+pitdist.distributed.ledger (ring all-reduce 2n(W-1)/W, all-gather s(W-1), all-to-all n(W-1)/W).
+
+    attention_a2a     8 per layer (q, k, v, out; forward and backward), each a [b, N/P, D] shard:
+                      handed 8*L*b*N*D*e/P, sent that * (P-1)/P. Same for every PE variant.
+    pooling           sum all-reduce of [b, D] over the SP group, forward and backward.
+    grad_reduce       DeepSpeed 0.19 all-reduces every gradient over the W ranks of the
+                      sequence-data-parallel group in one bucket (ZeRO 0, 1 and 2 alike).
+    pe_grad_reduce    learned, replicated: the N*D table's share of that bucket.
+                      learned, sharded with the tokens: the (N/P)*D shard, all-reduced by pitdist
+                      over the DP group only (its own collective): zero bytes sent when Q = 1.
+    zero_param_gather ZeRO 1/2: all-gather of the updated partitions, one per optimizer param group;
+                      DeepSpeed pads each group to a multiple of 2*W elements, shard = padded/W.
+    grad_norm         4-byte all-reduces of the gradient norm DeepSpeed makes in the optimizer step:
+                      ZeRO 0 with clipping: one over the SP group, one over all W ranks;
+                      ZeRO 1/2: one per param group over the W ranks, clipping or not.
+    metrics           the 4-byte loss all-reduce over the DP group that the trainer logs.
+sincos and none add nothing: sincos is computed locally from global positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pitdist.config import JobConfig, ModelConfig
+
+
+@dataclass(frozen=True)
+class Traffic:
+    count: int
+    handed: float
+    sent: float
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    decay: int  # weights with ndim >= 2 (optimizer group 1)
+    no_decay: int  # biases, norms, position table (optimizer group 2)
+    pos_embed: int  # rows * D of the learned table this rank holds (0 for none / sincos)
+
+    @property
+    def total(self) -> int:
+        return self.decay + self.no_decay
+
+
+def param_counts(cfg: ModelConfig, in_features: int, num_classes: int, num_tokens: int, sp: int = 1) -> ParamCounts:
+    """Parameters of pitdist's PiT, split as pitdist.train.engine.param_groups splits them."""
+    d, hidden = cfg.width, int(cfg.width * cfg.mlp_ratio)
+    decay = in_features * d + cfg.num_layers * (4 * d * d + 2 * d * hidden) + d * num_classes
+    no_decay = d + cfg.num_layers * (4 * d + 3 * d + d + hidden + d) + 2 * d + num_classes
+    pos = 0
+    if cfg.pos_embed == "learned":
+        pos = num_tokens * d // (sp if cfg.shard_pos_embed else 1)
+    return ParamCounts(decay, no_decay + pos, pos)
+
+
+def _ring_allreduce(n: float, w: int) -> float:
+    return 2.0 * n * (w - 1) / w if w > 1 else 0.0
+
+
+def step_traffic(
+    model: ModelConfig,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    batch_size: int,
+    dp: int,
+    sp: int,
+    zero_stage: int,
+    grad_clip: float,
+    bytes_per_element: int = 4,
+) -> dict[str, Traffic]:
+    """Per-rank, per-step traffic by category. ``batch_size`` is the global batch (b = batch / Q)."""
+    h, w, c = image_shape
+    p_, q, e = sp, dp, bytes_per_element
+    world = p_ * q
+    n = (h // model.patch_size) * (w // model.patch_size)
+    d, layers = model.width, model.num_layers
+    b = batch_size // q
+    params = param_counts(model, model.patch_size**2 * c, num_classes, n, p_)
+    sharded = model.pos_embed == "learned" and model.shard_pos_embed and p_ > 1
+    out: dict[str, Traffic] = {}
+
+    if p_ > 1:
+        a2a = 8 * layers * b * n * d * e / p_
+        out["attention_a2a"] = Traffic(8 * layers, a2a, a2a * (p_ - 1) / p_)
+        pool = 2 * b * d * e
+        out["pooling"] = Traffic(2, pool, 2 * pool * (p_ - 1) / p_)
+
+    # Everything the engine reduces; a sharded table leaves the engine's bucket.
+    engine_elems = params.total - (params.pos_embed if sharded else 0)
+    bucket = engine_elems * e
+    replicated_pe = params.pos_embed if model.pos_embed == "learned" and not sharded else 0
+    share = replicated_pe / engine_elems
+    out["grad_reduce"] = Traffic(1, bucket * (1 - share), _ring_allreduce(bucket, world) * (1 - share))
+    if replicated_pe:
+        out["pe_grad_reduce"] = Traffic(0, bucket * share, _ring_allreduce(bucket, world) * share)
+    if sharded:
+        shard = params.pos_embed * e
+        out["pe_grad_reduce"] = Traffic(1, shard, _ring_allreduce(shard, q))
+
+    if zero_stage in (1, 2):
+        groups = [params.decay, params.no_decay - (params.pos_embed if sharded else 0)]
+        shards = [(-(-g // (2 * world)) * 2 * world) // world * e for g in groups]
+        out["zero_param_gather"] = Traffic(len(groups), sum(shards), sum(s * (world - 1) for s in shards))
+        out["grad_norm"] = Traffic(len(groups), 4 * len(groups), len(groups) * _ring_allreduce(4, world))
+    elif grad_clip > 0:
+        out["grad_norm"] = Traffic(2, 8, _ring_allreduce(4, p_) + _ring_allreduce(4, world))
+
+    out["metrics"] = Traffic(1, 4, _ring_allreduce(4, q))
+    return out
+
+
+def job_traffic(cfg: JobConfig, image_shape: tuple[int, int, int], num_classes: int) -> dict[str, Traffic]:
+    return step_traffic(cfg.model, image_shape, num_classes, cfg.train.batch_size, cfg.parallel.dp,
+                        cfg.parallel.sp, cfg.parallel.zero_stage, cfg.optim.grad_clip)

@@ -1,0 +1,88 @@
+"""Two counters independent of the ledger, to check it against.
+
+* DeepSpeed's comms logger records every ``deepspeed.comm`` call with its message size (the bytes
+  the collective is handed). It is switched on through the engine config (``comms_logger``).
+* ``C10dCounter``, a TorchDispatchMode, records every op that reaches the c10d dispatcher, whoever
+  called it (deepspeed.comm or torch.distributed directly), with the bytes of its input tensors.
+Both report {op: (count, handed bytes)}, with op names mapped onto DeepSpeed's backend names.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# c10d op -> (DeepSpeed backend name, index of the argument holding the input)
+_C10D_OPS = {
+    "allreduce_": ("all_reduce", 0),
+    "allreduce_coalesced_": ("all_reduce_coalesced", 0),
+    "reduce_": ("reduce", 0),
+    "broadcast_": ("broadcast", 0),
+    "_allgather_base_": ("all_gather_into_tensor", 1),
+    "allgather_": ("all_gather", 1),
+    "allgather_into_tensor_coalesced_": ("all_gather_coalesced", 1),
+    "_reduce_scatter_base_": ("reduce_scatter_tensor", 1),
+    "reduce_scatter_": ("reduce_scatter", 1),
+    "alltoall_base_": ("all_to_all_single", 1),
+    "alltoall_": ("all_to_all", 1),
+    "send": ("send", 0),
+    "recv_": ("recv", 0),
+    "gather_": ("gather", 1),
+    "scatter_": ("scatter", 1),
+    "barrier": ("barrier", None),
+}
+
+
+def _nbytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(o) for o in obj)
+    return 0
+
+
+class C10dCounter(TorchDispatchMode):
+    """Counts c10d collectives at the dispatcher: {op: [count, handed bytes]}."""
+
+    def __init__(self):
+        super().__init__()
+        self.totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace in ("c10d", "_c10d_functional"):
+            name = func.__name__.split(".")[0]
+            op, index = _C10D_OPS.get(name, (name, None))
+            entry = self.totals[op]
+            entry[0] += 1
+            entry[1] += _nbytes(args[index]) if index is not None and index < len(args) else 0
+        return func(*args, **(kwargs or {}))
+
+
+def reset_comms_logger() -> None:
+    from deepspeed.comm import comms_logger
+
+    comms_logger.comms_dict.clear()
+
+
+def comms_logger_totals() -> dict[str, list[int]]:
+    """What DeepSpeed's comms logger recorded in this process: {op: [count, handed bytes]}."""
+    from deepspeed.comm import comms_logger
+
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for name, sizes in comms_logger.comms_dict.items():
+        op = name.split(" | ")[0]
+        for msg_size, (count, *_rest) in sizes.items():
+            out[op][0] += count
+            out[op][1] += count * msg_size
+    return dict(out)
+
+
+def ledger_totals(rows: list[dict]) -> dict[str, list[int]]:
+    """The ledger's rows folded the same way: {op: [count, handed bytes]}."""
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in rows:
+        out[r["op"]][0] += r["count"]
+        out[r["op"]][1] += r["handed_bytes"]
+    return dict(out)
