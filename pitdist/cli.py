@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import textwrap
+from pathlib import Path
 
 from pitdist.config import ConfigError, load_config
 
@@ -89,6 +90,82 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _comm_report_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "comm-report",
+        help="measure bytes and seconds per collective for each position-embedding variant",
+        description="Run each PE variant for a few steps on a DP x SP mesh (local processes, gloo) and print, "
+        "per rank and step, the bytes and seconds of every communication category next to the analytical "
+        "model, with each variant's difference from 'none'. Every run is also counted by DeepSpeed's comms "
+        "logger and a c10d dispatch counter and checked against the ledger. Writes JSON, CSV and a PNG plot. "
+        "With --run, reads finished runs instead of training.",
+        epilog="Examples\n  pitdist comm-report --sp 2\n  pitdist comm-report --sp 2,4 --zero 2 "
+        "--model.size tiny --model.heads 4 --data.dataset digits\n  pitdist comm-report --run runs/digits-...\n\n"
+        "Other job settings: --SECTION.KEY VALUE as for `pitdist train`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", default=None, help=f"job TOML file (default: {DEFAULT_JOB} when it exists)")
+    p.add_argument("--run", nargs="+", metavar="RUN_DIR", help="report finished runs instead of training")
+    p.add_argument("--dp", default="1", help="data-parallel groups Q (default 1)")
+    p.add_argument("--sp", default="2", help="SP ranks P; a comma list sweeps them, e.g. 1,2,4 (default 2)")
+    p.add_argument("--zero", type=int, default=None, help="ZeRO stage 0, 1 or 2 (default: the job's)")
+    p.add_argument("--variants", default="none,sincos,learned,learned-sharded",
+                   help="comma list of none, sincos, learned, learned-sharded (default: all four)")
+    p.add_argument("--steps", type=int, default=3, help="training steps per variant (default 3)")
+    p.add_argument("--out", default=None, help="output directory (default runs/comm-report-<time>)")
+    return p
+
+
+def _comm_report(args: argparse.Namespace, overrides: list[str]) -> int:
+    from pitdist.distributed.parallel_dims import MeshError
+    from pitdist.metrics import comm_sweep
+
+    out_dir = Path(args.out) if args.out else comm_sweep.default_out_dir()
+    try:
+        if args.run:
+            run_dirs = args.run
+        else:
+            config_path = args.config or (DEFAULT_JOB if os.path.exists(DEFAULT_JOB) else None)
+            variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+            unknown = [v for v in variants if v not in comm_sweep.VARIANTS]
+            if unknown:
+                raise ConfigError(f"--variants: unknown {unknown}; choose from {', '.join(comm_sweep.VARIANTS)}")
+            if args.steps < 1:
+                raise ConfigError("--steps: must be >= 1")
+            if args.zero is not None:
+                overrides += ["--parallel.zero_stage", str(args.zero)]
+            sizes = [(int(q), int(p)) for q in args.dp.split(",") for p in args.sp.split(",")]
+            configs = [comm_sweep.variant_config(config_path, list(overrides), v, q, p, args.steps, out_dir)
+                       for q, p in sizes for v in variants]
+            print(f"pitdist comm-report: {len(configs)} runs of {args.steps} steps -> {out_dir}", flush=True)
+            run_dirs = comm_sweep.run_sweep(configs)
+        text, paths = comm_sweep.report(run_dirs, out_dir)
+    except (ConfigError, MeshError, FileNotFoundError) as exc:
+        print(f"pitdist comm-report: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"pitdist comm-report: error: {exc} (--dp and --sp take integers, e.g. --sp 1,2,4)", file=sys.stderr)
+        return 2
+    print(text)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _bench_parser(sub) -> argparse.ArgumentParser:
+    from pitdist.bench import sp  # light at import time: torch and deepspeed load inside the run
+
+    p = sub.add_parser("bench", help="benchmarks (sp: sequence parallelism)",
+                       description="Benchmarks measured with real ranks on this machine.")
+    sp.add_parser(p.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK"))
+    return p
+
+
+def _bench(args: argparse.Namespace, overrides: list[str]) -> int:
+    from pitdist.bench import sp
+
+    return sp.main(args, overrides)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(
         prog="pitdist",
@@ -96,7 +173,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         "with per-collective communication accounting.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    handlers = {"train": (_train_parser(sub), _train)}
+    handlers = {"train": (_train_parser(sub), _train), "comm-report": (_comm_report_parser(sub), _comm_report),
+                "bench": (_bench_parser(sub), _bench)}
     return parser, handlers
 
 

@@ -4,7 +4,8 @@ Three swaps, nothing else in the model changes:
   * each block's inner attention -> DeepSpeed Ulysses (all-to-all tokens->heads, attention over all N
     tokens for h/P heads, all-to-all back);
   * the mean pool -> a sum over local tokens, all-reduced over the SP group, divided by the global N;
-  * optionally, a learned position table -> this rank's rows only (``model.shard_pos_embed``).
+  * optionally, a learned position table -> this rank's rows only (``model.shard_pos_embed``),
+    reduced over the DP group only (pitdist.distributed.sharded_pe).
 Each rank then feeds the model its own token slice with the slice's global positions.
 """
 
@@ -15,7 +16,7 @@ from deepspeed.sequence.layer import DistributedAttention
 from torch import nn
 
 from pitdist.config import ModelConfig
-from pitdist.distributed import comm
+from pitdist.distributed import comm, sharded_pe
 from pitdist.distributed.parallel_dims import Mesh
 from pitdist.models.pit import PiT
 from pitdist.models.pos_embed import LearnedPosEmbed
@@ -44,15 +45,6 @@ class SequenceParallelMeanPool(nn.Module):
         return comm.all_reduce_sum_autograd(x.sum(dim=1), self.sp_group, category="pooling") / self.num_tokens
 
 
-def shard_learned_pos_embed(table: LearnedPosEmbed, lo: int, hi: int) -> LearnedPosEmbed:
-    """A LearnedPosEmbed holding rows [lo, hi) of ``table``, initialised from them."""
-    shard = LearnedPosEmbed(hi - lo, table.weight.shape[1], offset=lo)
-    with torch.no_grad():
-        shard.weight.copy_(table.weight[lo:hi])
-    shard.weight.sharded_over_sp = True  # its gradient is reduced over the DP group only
-    return shard
-
-
 def is_sharded(param: torch.Tensor) -> bool:
     """True for a parameter that holds different rows on each SP rank."""
     return getattr(param, "sharded_over_sp", False)
@@ -67,7 +59,8 @@ def parallelize(model: PiT, mesh: Mesh, cfg: ModelConfig) -> PiT:
     model.pool = SequenceParallelMeanPool(mesh.sp_group, model.num_tokens)
     if cfg.shard_pos_embed:
         lo, hi = mesh.token_range(model.num_tokens)
-        model.pos_embed = shard_learned_pos_embed(model.pos_embed, lo, hi)
+        sharded_pe.create_groups(mesh.sp)
+        model.pos_embed = sharded_pe.ShardedLearnedPosEmbed(model.pos_embed.weight[lo:hi], lo, mesh.sp)
     return model
 
 
@@ -76,8 +69,10 @@ def consolidated_state_dict(model: PiT, mesh: Mesh) -> dict[str, torch.Tensor]:
 
     Collective over the SP group when the table is sharded: every rank of the group must call it.
     """
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("pos_embed.")}
     pos = model.pos_embed
-    if isinstance(pos, LearnedPosEmbed) and is_sharded(pos.weight):
+    if isinstance(pos, sharded_pe.ShardedLearnedPosEmbed):
         state["pos_embed.weight"] = comm.all_gather_cat(pos.weight.detach(), mesh.sp_group, category="checkpoint").cpu()
+    elif isinstance(pos, LearnedPosEmbed):
+        state["pos_embed.weight"] = pos.weight.detach().cpu().clone()
     return state

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from pitdist.config import JobConfig
+from pitdist.distributed import sharded_pe
 from pitdist.distributed.parallel_dims import Mesh
 
 
@@ -62,10 +63,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         if not p.requires_grad:
             continue
         (decay if p.ndim >= 2 and "pos_embed" not in name else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # Named: DeepSpeed's MoE grouping (used for a sharded position table) splits groups by name.
+    return [{"name": "decay", "params": decay, "weight_decay": weight_decay},
+            {"name": "no_decay", "params": no_decay, "weight_decay": 0.0}]
 
 
 def build_engine(model: nn.Module, cfg: JobConfig, mesh: Mesh, dtype: torch.dtype):
+    if cfg.parallel.zero_stage == 0:
+        sharded_pe.fix_zero0_gradient_scale(model, mesh.sp)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=param_groups(model, cfg.optim.weight_decay),

@@ -183,7 +183,7 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path) -> Ru
     finally:
         ledger.uninstall()
 
-    write_comm_record(run_dir, mesh, ledger, engine, crosscheck)
+    write_comm_record(run_dir, mesh, ledger, engine, train_data, crosscheck)
     images_per_s = cfg.train.steps * cfg.train.batch_size / wall
     result = RunResult(
         losses=losses,
@@ -203,13 +203,15 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path) -> Ru
     return result
 
 
-def write_comm_record(run_dir: Path, mesh: Mesh, ledger: CommLedger, engine, crosscheck: dict | None) -> None:
+def write_comm_record(run_dir: Path, mesh: Mesh, ledger: CommLedger, engine, data: PixelDataset,
+                      crosscheck: dict | None) -> None:
     """comm/rank<r>.json: this rank's ledger rows, plus what the report needs to attribute them."""
     grads = [p for p in engine.module.parameters() if p.requires_grad]
     pe = engine.module.pos_embed
     replicated_pe = pe.weight.numel() if isinstance(pe, LearnedPosEmbed) and not is_sharded(pe.weight) else 0
     record = {
         "rank": mesh.rank, "dp_rank": mesh.dp_rank, "sp_rank": mesh.sp_rank, "dp": mesh.dp, "sp": mesh.sp,
+        "image_shape": list(data.image_shape), "num_classes": data.num_classes,
         # The engine reduces these gradient elements together; the replicated PE table is one share.
         "engine_grad_elements": sum(p.numel() for p in grads if not is_sharded(p)),
         "replicated_pe_elements": replicated_pe,

@@ -35,7 +35,7 @@ def test_twenty_steps_match_the_single_device_loss_curve(zero, tmp_path):
         assert all(c == curves[0] for c in curves), "ranks disagree on the global loss"
         worst = max(abs(a - b) for a, b in zip(curves[0], single))
         assert worst < 1e-4, f"dp={dp} sp={sp} zero={zero}: loss curve differs from P=1 by {worst}"
-    assert single[-1] < single[0]  # and it is a real training curve
+    assert sum(single[-5:]) < sum(single[:5])  # and it is a real training curve
 
 
 def test_sp_ranks_of_a_group_see_the_same_images_and_dp_groups_disjoint_ones():

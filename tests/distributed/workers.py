@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from pitdist.config import load_config
 from pitdist.distributed.parallel_dims import Mesh, ParallelDims
-from pitdist.distributed.parallelize import consolidated_state_dict, parallelize
+from pitdist.distributed.parallelize import consolidated_state_dict, is_sharded, parallelize
 from pitdist.models.pit import build_model, pixels_to_tokens
 from pitdist.train.engine import build_engine
 from pitdist.train.trainer import train
@@ -63,10 +63,11 @@ def one_step_versus_single_device(rank: int, dp: int, sp: int, variants: list[tu
         diffs = {"logits": rel(logits.detach(), ref_logits[mine].detach()),
                  "loss": rel(loss.detach(), F.cross_entropy(ref_logits[mine], labels[mine]).detach())}
         for name, p in engine.module.named_parameters():
-            expected = ref_grads[name]
-            if name == "pos_embed.weight" and shard:
-                expected = expected[lo:hi]
+            if is_sharded(p):  # this rank's rows of the table
+                name, expected = "pos_embed.weight", ref_grads["pos_embed.weight"][lo:hi]
                 assert p.shape == expected.shape, (p.shape, expected.shape)
+            else:
+                expected = ref_grads[name]
             diffs[f"grad {name}"] = rel(p.grad, expected)
         full = consolidated_state_dict(engine.module, mesh)
         diffs["consolidated state"] = max(rel(full[k], v) if v.abs().max() > 0 else float((full[k] - v).abs().max())
@@ -77,7 +78,8 @@ def one_step_versus_single_device(rank: int, dp: int, sp: int, variants: list[tu
 
 def loss_curve(rank: int, overrides: list[str], out_dir: str) -> list[float]:
     """20 real training steps with the trainer every job uses; returns the global loss per step."""
-    cfg = load_config(None, ["--train.batch_size", "8", "--train.steps", "20", "--train.log_every", "10", *overrides])
+    cfg = load_config(None, ["--train.batch_size", "8", "--train.steps", "20", "--train.log_every", "10",
+                             "--optim.warmup_steps", "2", "--optim.lr", "3e-3", *overrides])
     mesh = Mesh(ParallelDims(cfg.parallel.dp, cfg.parallel.sp))
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

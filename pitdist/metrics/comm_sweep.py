@@ -1,0 +1,75 @@
+"""`pitdist comm-report`: run each PE variant for a few steps at a mesh, or read finished runs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pitdist.config import JobConfig, load_config
+from pitdist.metrics.comm_report import crosscheck_table, format_summary, load_run, summarize, write_outputs
+
+VARIANTS = {
+    "none": ["--model.pos_embed", "none", "--model.shard_pos_embed", "false"],
+    "sincos": ["--model.pos_embed", "sincos", "--model.shard_pos_embed", "false"],
+    "learned": ["--model.pos_embed", "learned", "--model.shard_pos_embed", "false"],
+    "learned-sharded": ["--model.pos_embed", "learned", "--model.shard_pos_embed", "true"],
+}
+
+
+def variant_config(config: str | None, overrides: list[str], variant: str, dp: int, sp: int, steps: int,
+                   out_dir: Path) -> JobConfig:
+    launcher = "single" if dp * sp == 1 else "local"
+    return load_config(config, [
+        *overrides, *VARIANTS[variant], "--parallel.dp", str(dp), "--parallel.sp", str(sp),
+        "--parallel.launcher", launcher, "--train.steps", str(steps), "--metrics.crosscheck", "true",
+        "--train.output_dir", str(out_dir / "runs"), "--name", f"comm-{variant}-q{dp}p{sp}",
+        "--train.log_every", str(steps),
+    ])
+
+
+def run_sweep(configs: list[JobConfig], progress=print) -> list[str]:
+    """Train each config (a few steps) and return the run directories."""
+    from pitdist.launch.local import launch_local, make_run_dir
+    from pitdist.train.trainer import split_dataset, validate_mesh
+
+    run_dirs = []
+    for cfg in configs:
+        train_data, _ = split_dataset(cfg)
+        validate_mesh(cfg, train_data.image_shape)
+        run_dir = make_run_dir(cfg)
+        progress(f"  running {cfg.name} ({cfg.train.steps} steps, zero {cfg.parallel.zero_stage}) -> {run_dir}")
+        launch_local(cfg, run_dir)
+        run_dirs.append(str(run_dir))
+    return run_dirs
+
+
+def crosscheck_verdict(rows: list[dict]) -> str:
+    if not rows:
+        return "cross-check: not recorded for these runs (train with --metrics.crosscheck true)"
+    bad = [r for r in rows if not (r["ledger"] == r["comms_logger"] == r["c10d"])]
+    if not bad:
+        ops = sorted({r["op"] for r in rows})
+        return (f"cross-check: ledger = DeepSpeed comms logger = c10d dispatch counter (calls and handed bytes) "
+                f"on every rank for {', '.join(ops)}")
+    lines = ["cross-check MISMATCH (rank op: ledger / comms logger / c10d as [calls, bytes]):"]
+    lines += [f"  rank {r['rank']} {r['op']}: {r['ledger']} / {r['comms_logger']} / {r['c10d']}" for r in bad]
+    return "\n".join(lines)
+
+
+def report(run_dirs: list[str], out_dir: Path, baseline_variant: str = "none") -> tuple[str, list[Path]]:
+    runs = [load_run(d) for d in run_dirs]
+    summaries = [summarize(r) for r in runs]
+    checks = [c for r in runs for c in crosscheck_table(r)]
+    blocks = []
+    for s in summaries:
+        base = next((b for b in summaries if b["variant"] == baseline_variant and b["dp"] == s["dp"]
+                     and b["sp"] == s["sp"] and b["zero_stage"] == s["zero_stage"]
+                     and b["batch_size"] == s["batch_size"]), None)
+        blocks.append(format_summary(s, base if base is not s else None))
+    blocks.append(crosscheck_verdict(checks))
+    paths = write_outputs(summaries, checks, out_dir)
+    return "\n\n".join(blocks), paths
+
+
+def default_out_dir() -> Path:
+    return Path("runs") / f"comm-report-{time.strftime('%Y%m%d-%H%M%S')}"
