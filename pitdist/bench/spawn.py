@@ -47,7 +47,7 @@ def run_ranks(world: int, threads: int, fn, *args) -> list:
             while not results.empty():  # drain as we go: a full pipe would block a finishing rank
                 rank, status, payload = results.get()
                 out[rank] = (status, payload)
-    except mp.ProcessException as exc:
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
         while not results.empty():
             rank, status, payload = results.get()
             out[rank] = (status, payload)

@@ -1,0 +1,1 @@
+"""Benchmarks run as `pitdist bench ...` (sp: what Ulysses sequence parallelism buys)."""
