@@ -95,8 +95,11 @@ class Totals:
         self.seconds += other.seconds
 
 
-def _classify(op: str, phase: str, handed: int) -> str:
+def _classify(op: str, phase: str, handed: int, group: str) -> str:
     """The cause of a collective DeepSpeed issued on its own."""
+    if group == "pe_dp" and phase in ("backward", "optimizer") and handed > 16:
+        # The sharded position table's own group (pitdist.distributed.sharded_pe).
+        return "pe_param_gather" if op.startswith("all_gather") else "pe_grad_reduce"
     if op in ("all_to_all_single", "all_to_all"):
         return "attention_a2a"  # only the Ulysses layer issues all-to-alls
     if phase == "init":
@@ -174,7 +177,7 @@ class CommLedger:
 
     def record(self, op: str, handed: int, group, seconds: float) -> None:
         group_name, world = self._group_info(group)
-        category = self._category[-1] if self._category else _classify(op, self.phase, handed)
+        category = self._category[-1] if self._category else _classify(op, self.phase, handed, group_name)
         key = (self.step, self.phase, category, op, group_name, self.layer if category == "attention_a2a" else None)
         t = self.records[key]
         t.count += 1
@@ -239,6 +242,9 @@ class CommLedger:
         return out
 
 
+# The phases of a training step; init, eval and checkpoint traffic are not per-step.
+STEP_PHASES = ("forward", "backward", "optimizer", "metrics")
+
 # The ledger recording this process, if any: the backend it patches is process-wide too.
 _installed: CommLedger | None = None
 
@@ -255,10 +261,10 @@ def tag(category: str) -> Iterator[None]:
 
 def per_step_totals(rows: list[dict], by: tuple[str, ...] = ("category",)) -> dict[tuple, Totals]:
     """Average per training step of the rows of one rank (init and eval are not steps)."""
-    steps = {r["step"] for r in rows if r["step"] is not None and r["phase"] in ("forward", "backward", "optimizer")}
+    steps = {r["step"] for r in rows if r["step"] is not None and r["phase"] in STEP_PHASES}
     out: dict[tuple, Totals] = defaultdict(Totals)
     for r in rows:
-        if r["step"] not in steps or r["phase"] not in ("forward", "backward", "optimizer"):
+        if r["step"] not in steps or r["phase"] not in STEP_PHASES:
             continue
         out[tuple(r[k] for k in by)].add(Totals(r["count"], r["handed_bytes"], r["sent_bytes"], r["seconds"]))
     n = max(1, len(steps))

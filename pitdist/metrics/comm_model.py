@@ -15,9 +15,12 @@ pitdist.distributed.ledger (ring all-reduce 2n(W-1)/W, all-gather s(W-1), all-to
                       over the DP group only (its own collective): zero bytes sent when Q = 1.
     zero_param_gather ZeRO 1/2: all-gather of the updated partitions, one per optimizer param group;
                       DeepSpeed pads each group to a multiple of 2*W elements, shard = padded/W.
+    pe_param_gather   ZeRO 1/2 with a sharded table: the table is its own group, partitioned over
+                      the Q DP ranks, and gathered over them.
     grad_norm         4-byte all-reduces of the gradient norm DeepSpeed makes in the optimizer step:
                       ZeRO 0 with clipping: one over the SP group, one over all W ranks;
-                      ZeRO 1/2: one per param group over the W ranks, clipping or not.
+                      ZeRO 1/2: one per param group over the W ranks, clipping or not (a sharded
+                      table adds one over W and one over its DP group).
     metrics           the 4-byte loss all-reduce over the DP group that the trainer logs.
 sincos and none add nothing: sincos is computed locally from global positions.
 """
@@ -104,14 +107,26 @@ def step_traffic(
 
     if zero_stage in (1, 2):
         groups = [params.decay, params.no_decay - (params.pos_embed if sharded else 0)]
-        shards = [(-(-g // (2 * world)) * 2 * world) // world * e for g in groups]
+        shards = [_zero_partition(g, world) * e for g in groups]
         out["zero_param_gather"] = Traffic(len(groups), sum(shards), sum(s * (world - 1) for s in shards))
-        out["grad_norm"] = Traffic(len(groups), 4 * len(groups), len(groups) * _ring_allreduce(4, world))
+        norms = len(groups) + (1 if sharded else 0)  # the table is an optimizer group of its own
+        norm_sent = norms * _ring_allreduce(4, world)
+        if sharded:
+            # ...partitioned over its DP group, whose norms DeepSpeed averages over that group.
+            shard = _zero_partition(params.pos_embed, q) * e
+            out["pe_param_gather"] = Traffic(1, shard, shard * (q - 1))
+            norm_sent += _ring_allreduce(4, q)
+        out["grad_norm"] = Traffic(norms + sharded, 4 * (norms + sharded), norm_sent)
     elif grad_clip > 0:
         out["grad_norm"] = Traffic(2, 8, _ring_allreduce(4, p_) + _ring_allreduce(4, world))
 
     out["metrics"] = Traffic(1, 4, _ring_allreduce(4, q))
     return out
+
+
+def _zero_partition(elements: int, ranks: int) -> int:
+    """Elements of one rank's ZeRO partition: DeepSpeed pads a group to a multiple of 2 * ranks."""
+    return -(-elements // (2 * ranks)) * 2 * ranks // ranks
 
 
 def job_traffic(cfg: JobConfig, image_shape: tuple[int, int, int], num_classes: int) -> dict[str, Traffic]:

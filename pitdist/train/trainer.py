@@ -17,7 +17,7 @@ from tqdm import tqdm
 from pitdist.config import JobConfig
 from pitdist.data.dataset import PixelDataset, load_dataset
 from pitdist.data.sharding import BatchSchedule
-from pitdist.distributed import comm
+from pitdist.distributed import comm, sharded_pe
 from pitdist.distributed.ledger import CommLedger
 from pitdist.metrics.crosscheck import C10dCounter, comms_logger_totals, reset_comms_logger
 from pitdist.models.pos_embed import LearnedPosEmbed
@@ -144,6 +144,8 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path) -> Ru
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = build_model(cfg.model, train_data.image_shape, train_data.num_classes)
         model = parallelize(model, mesh, cfg.model).to(device)
+        if cfg.metrics.ledger and cfg.model.shard_pos_embed and mesh.sp > 1:
+            ledger.name_group(sharded_pe.pe_dp_group(mesh.sp), "pe_dp")
         ledger.watch_layers(model.blocks)
         engine = build_engine(model, cfg, mesh, dtype)
 

@@ -97,3 +97,21 @@ def batch_ids(rank: int, dp: int, sp: int, steps: int) -> list[list[int]]:
     schedule = BatchSchedule(len(train_data), cfg.train.batch_size, cfg.train.seed)
     batches = LocalBatches(train_data, schedule, mesh, 1, torch.device("cpu"), torch.float32)
     return [np.asarray(batches(s)[0]).tolist() for s in range(steps)]
+
+
+def comm_runs(rank: int, dp: int, sp: int, zero: int, variants: list[str], out_dir: str) -> list[str]:
+    """Train each PE variant for 2 steps with the ledger and both cross-check counters on.
+
+    Built exactly as `pitdist comm-report` builds its runs; returns the run directories.
+    """
+    from pitdist.metrics.comm_sweep import variant_config
+
+    run_dirs = []
+    for variant in variants:
+        cfg = variant_config(None, ["--parallel.zero_stage", str(zero), "--train.batch_size", "8"], variant, dp,
+                             sp, 2, Path(out_dir))
+        run_dir = Path(out_dir) / f"{variant}-q{dp}p{sp}z{zero}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        train(cfg, Mesh(ParallelDims(dp, sp)), torch.device("cpu"), run_dir)
+        run_dirs.append(str(run_dir))
+    return run_dirs
