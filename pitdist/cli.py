@@ -87,6 +87,11 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
         f"{result.tokens_per_s:.0f} tokens/s, {result.tflops * 1e3:.2f} GFLOP/s | dropped per epoch "
         f"{result.dropped_per_epoch} | {result.run_dir}"
     )
+    if cfg.metrics.ledger:
+        from pitdist.metrics.comm_report import format_summary, load_run, summarize
+
+        print("\ncommunication (measured by the ledger, model from pitdist.metrics.comm_model):")
+        print(format_summary(summarize(load_run(result.run_dir))))
     return 0
 
 
@@ -116,6 +121,16 @@ def _comm_report_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _int_list(option: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise ConfigError(f"{option}: expected positive integers separated by commas (e.g. 1,2,4), got {text!r}")
+    return values
+
+
 def _comm_report(args: argparse.Namespace, overrides: list[str]) -> int:
     from pitdist.distributed.parallel_dims import MeshError
     from pitdist.metrics import comm_sweep
@@ -134,7 +149,7 @@ def _comm_report(args: argparse.Namespace, overrides: list[str]) -> int:
                 raise ConfigError("--steps: must be >= 1")
             if args.zero is not None:
                 overrides += ["--parallel.zero_stage", str(args.zero)]
-            sizes = [(int(q), int(p)) for q in args.dp.split(",") for p in args.sp.split(",")]
+            sizes = [(q, p) for q in _int_list("--dp", args.dp) for p in _int_list("--sp", args.sp)]
             configs = [comm_sweep.variant_config(config_path, list(overrides), v, q, p, args.steps, out_dir)
                        for q, p in sizes for v in variants]
             print(f"pitdist comm-report: {len(configs)} runs of {args.steps} steps -> {out_dir}", flush=True)
@@ -142,9 +157,6 @@ def _comm_report(args: argparse.Namespace, overrides: list[str]) -> int:
         text, paths = comm_sweep.report(run_dirs, out_dir)
     except (ConfigError, MeshError, FileNotFoundError) as exc:
         print(f"pitdist comm-report: error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"pitdist comm-report: error: {exc} (--dp and --sp take integers, e.g. --sp 1,2,4)", file=sys.stderr)
         return 2
     print(text)
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -166,6 +178,56 @@ def _bench(args: argparse.Namespace, overrides: list[str]) -> int:
     return sp.main(args, overrides)
 
 
+def _comm_model_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "comm-model",
+        help="project per-rank communication with the analytical model (no training)",
+        description="Print what each rank would send per step, by cause, for the PE variants, from the "
+        "analytical model that `pitdist comm-report` checks against measurements. Use it to extrapolate "
+        "to image sizes and meshes this machine cannot run.",
+        epilog="Example\n  pitdist comm-model --model.size base --image 224x224x3 --sp 4,12 --batch 1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--image", default="224x224x3", help="HxWxC of the images (default 224x224x3)")
+    p.add_argument("--classes", type=int, default=1000, help="number of classes (default 1000)")
+    p.add_argument("--batch", type=int, default=1, help="global images per step (default 1)")
+    p.add_argument("--dp", type=int, default=1, help="data-parallel groups Q (default 1)")
+    p.add_argument("--sp", default="4,12", help="SP sizes P, comma separated (default 4,12)")
+    p.add_argument("--zero", type=int, default=0, choices=[0, 1, 2], help="ZeRO stage (default 0)")
+    p.add_argument("--bytes", type=int, default=2, choices=[2, 4], help="bytes per element: 2 = bf16 (default), 4 = fp32")
+    return p
+
+
+def _comm_model(args: argparse.Namespace, overrides: list[str]) -> int:
+    from pitdist.metrics.comm_model import projection_table
+    from pitdist.metrics.comm_sweep import VARIANTS
+
+    try:
+        h, w, c = (int(v) for v in args.image.split("x"))
+    except ValueError:
+        print(f"pitdist comm-model: error: --image: expected HxWxC such as 224x224x3, got {args.image!r}", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(None, overrides + ["--train.batch_size", str(args.batch), "--parallel.dp", str(args.dp),
+                                             "--parallel.launcher", "local" if args.dp > 1 else "single"])
+        sps = _int_list("--sp", args.sp)
+        variants = {name: load_config(None, overrides + flags).model for name, flags in VARIANTS.items()}
+    except ConfigError as exc:
+        print(f"pitdist comm-model: error: {exc}", file=sys.stderr)
+        return 2
+    from pitdist.distributed.parallel_dims import MeshError, ParallelDims
+
+    n = (h // cfg.model.patch_size) * (w // cfg.model.patch_size)
+    for sp in sps:
+        try:  # a projection may go where Ulysses cannot: say so, but still compute it
+            ParallelDims(args.dp, sp).validate(heads=cfg.model.num_heads, num_tokens=n)
+        except MeshError as exc:
+            print(f"note: pitdist would refuse P = {sp} here: {exc}")
+    print(projection_table(cfg.model, (h, w, c), args.classes, args.batch, args.dp, sps, args.zero,
+                           cfg.optim.grad_clip, variants, args.bytes))
+    return 0
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(
         prog="pitdist",
@@ -173,8 +235,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         "with per-collective communication accounting.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    handlers = {"train": (_train_parser(sub), _train), "comm-report": (_comm_report_parser(sub), _comm_report),
-                "bench": (_bench_parser(sub), _bench)}
+    handlers = {
+        "train": (_train_parser(sub), _train),
+        "comm-report": (_comm_report_parser(sub), _comm_report),
+        "comm-model": (_comm_model_parser(sub), _comm_model),
+        "bench": (_bench_parser(sub), _bench),
+    }
     return parser, handlers
 
 

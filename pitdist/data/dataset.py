@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pitdist.config import ConfigError
+
 
 @dataclass
 class PixelDataset:
@@ -36,9 +38,33 @@ class PixelDataset:
         return self.subset(np.sort(order[n_val:])), self.subset(np.sort(order[:n_val]))
 
 
+def synthetic_dataset(spec: str) -> PixelDataset:
+    """``synthetic:HxWxC[:COUNT]``: seeded random uint8 images with 10 labels, for communication and
+    speed measurements where only the shape matters (nothing to learn)."""
+    try:
+        _, shape, *rest = spec.split(":")
+        h, w, c = (int(v) for v in shape.split("x"))
+        count = int(rest[0]) if rest else 512
+    except ValueError:
+        raise ConfigError(f"data.dataset = {spec!r}: write synthetic:HxWxC or synthetic:HxWxC:COUNT, "
+                         "e.g. synthetic:28x28x1:1000") from None
+    if min(h, w, c, count) < 1:
+        raise ConfigError(f"data.dataset = {spec!r}: sizes and count must be >= 1")
+    rng = np.random.default_rng(0)
+    return PixelDataset(
+        ids=np.arange(count, dtype=np.int64),
+        labels=rng.integers(0, 10, count).astype(np.int64),
+        pixels=rng.integers(0, 256, (count, h, w, c), dtype=np.uint8),
+        class_names=[str(i) for i in range(10)],
+        name=spec,
+    )
+
+
 def load_dataset(name: str) -> PixelDataset:
     if name == "digits":
         from pitdist.data.digits import load_digits_dataset
 
         return load_digits_dataset()
-    raise ValueError(f"data.dataset = {name!r}: only 'digits' is available in this version")
+    if name.startswith("synthetic:"):
+        return synthetic_dataset(name)
+    raise ConfigError(f"data.dataset = {name!r}: use 'digits' or synthetic:HxWxC[:COUNT]")

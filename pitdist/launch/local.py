@@ -32,6 +32,7 @@ def run_rank(rank: int, cfg_dict: dict, port: int, run_dir: str, results=None) -
     """One rank's whole life: join the group, build the mesh, train, leave."""
     cfg = config_from_dict(cfg_dict)
     torch.set_num_threads(_threads_per_rank(cfg))
+    quiet_deepspeed()
     world = cfg.parallel.world_size
     backend = comm.pick_backend(cfg.parallel.backend)
     try:
@@ -48,6 +49,18 @@ def run_rank(rank: int, cfg_dict: dict, port: int, run_dir: str, results=None) -
     if results is not None and rank == 0:
         results.put((rank, "ok", result))
     return result
+
+
+def quiet_deepspeed() -> None:
+    """DeepSpeed logs at INFO/WARNING about things that are expected here (CPU accelerator, scheduler
+    not started at init); keep its errors, drop the rest from pitdist's output."""
+    import logging
+    import warnings
+
+    from deepspeed.utils import logger
+
+    logger.setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*is deprecated", category=FutureWarning)
 
 
 class LaunchError(RuntimeError):

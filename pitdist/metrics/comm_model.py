@@ -132,3 +132,34 @@ def _zero_partition(elements: int, ranks: int) -> int:
 def job_traffic(cfg: JobConfig, image_shape: tuple[int, int, int], num_classes: int) -> dict[str, Traffic]:
     return step_traffic(cfg.model, image_shape, num_classes, cfg.train.batch_size, cfg.parallel.dp,
                         cfg.parallel.sp, cfg.parallel.zero_stage, cfg.optim.grad_clip)
+
+
+def projection_table(model: ModelConfig, image_shape: tuple[int, int, int], num_classes: int, batch: int,
+                     dp: int, sps: list[int], zero_stage: int, grad_clip: float, variants: dict[str, ModelConfig],
+                     bytes_per_element: int = 2) -> str:
+    """Bytes each rank sends per step, by category, for each P and PE variant, with the PE's share.
+
+    Also expressed in units of N*D*e (one image's activations), the unit of DESIGN.md's worked example.
+    """
+    h, w, _ = image_shape
+    n = (h // model.patch_size) * (w // model.patch_size)
+    unit = n * model.width * bytes_per_element
+    lines = [f"model projection: {model.size} (D={model.width}, L={model.num_layers}, heads={model.num_heads}) on "
+             f"{h}x{w} images (N={n} tokens), global batch {batch}, dp={dp}, ZeRO {zero_stage}, "
+             f"{bytes_per_element}-byte elements; per rank per step, bytes sent (and in units of N*D*e)"]
+    lines.append(f"{'P':>4} {'variant':<16}{'attention_a2a':>22}{'PE traffic':>22}{'all other':>22}{'PE share':>10}")
+    for sp in sps:
+        for name, variant in variants.items():
+            t = step_traffic(variant, image_shape, num_classes, batch, dp, sp, zero_stage, grad_clip,
+                             bytes_per_element)
+            a2a = t["attention_a2a"].sent if "attention_a2a" in t else 0.0
+            pe = sum(v.sent for k, v in t.items() if k.startswith("pe_"))
+            rest = sum(v.sent for k, v in t.items() if not k.startswith("pe_") and k != "attention_a2a")
+            total = a2a + pe + rest
+
+            def cell(x: float) -> str:
+                return f"{x / 1e9:9.3f} GB ({x / unit:5.2f})" if x >= 1e8 else f"{x / 1e6:9.3f} MB ({x / unit:5.2f})"
+
+            lines.append(f"{sp:>4} {name:<16}{cell(a2a):>22}{cell(pe):>22}{cell(rest):>22}"
+                         f"{(pe / total if total else 0):>9.1%}")
+    return "\n".join(lines)
