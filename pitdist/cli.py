@@ -163,19 +163,25 @@ def _comm_report(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-def _bench_parser(sub) -> argparse.ArgumentParser:
-    from pitdist.bench import sp  # light at import time: torch and deepspeed load inside the run
+# Benchmarks are modules of pitdist.bench, each with add_parser(subparsers) and main(args, overrides).
+BENCHMARKS = ("sp", "ledger")
 
-    p = sub.add_parser("bench", help="benchmarks (sp: sequence parallelism)",
+
+def _bench_parser(sub) -> argparse.ArgumentParser:
+    import importlib  # the modules are light at import time: torch and deepspeed load inside the run
+
+    p = sub.add_parser("bench", help=f"benchmarks ({', '.join(BENCHMARKS)})",
                        description="Benchmarks measured with real ranks on this machine.")
-    sp.add_parser(p.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK"))
+    subs = p.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    for name in BENCHMARKS:
+        importlib.import_module(f"pitdist.bench.{name}").add_parser(subs)
     return p
 
 
 def _bench(args: argparse.Namespace, overrides: list[str]) -> int:
-    from pitdist.bench import sp
+    import importlib
 
-    return sp.main(args, overrides)
+    return importlib.import_module(f"pitdist.bench.{args.bench_command}").main(args, overrides)
 
 
 def _comm_model_parser(sub) -> argparse.ArgumentParser:
@@ -228,6 +234,18 @@ def _comm_model(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _data_parser(sub) -> argparse.ArgumentParser:
+    from pitdist.data import commands  # light: pyarrow and datasets load inside the command
+
+    return commands.add_parser(sub)
+
+
+def _data(args: argparse.Namespace, overrides: list[str]) -> int:
+    from pitdist.data import commands
+
+    return commands.main(args, overrides)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(
         prog="pitdist",
@@ -240,6 +258,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         "comm-report": (_comm_report_parser(sub), _comm_report),
         "comm-model": (_comm_model_parser(sub), _comm_model),
         "bench": (_bench_parser(sub), _bench),
+        "data": (_data_parser(sub), _data),
     }
     return parser, handlers
 

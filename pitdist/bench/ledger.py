@@ -1,0 +1,71 @@
+"""`pitdist bench ledger`: what recording every collective costs, measured side by side.
+
+Alternates runs with the ledger on and off (same job, same seed, same mesh) and compares the
+median time per training step (model set-up excluded). The machine is shared and noisy, so the
+answer is a ratio of interleaved measurements, not an absolute time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "ledger",
+        help="step time with the communication ledger on vs off",
+        description="Train the same job with the ledger on and off, interleaved, and report the median "
+        "step time of each and their ratio. Other job settings: --SECTION.KEY VALUE.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Example\n  pitdist bench ledger --sp 2 --steps 40 --repeats 3",
+    )
+    p.add_argument("--config", default=None, help="job TOML (default: jobs/digits.toml when it exists)")
+    p.add_argument("--dp", type=int, default=1, help="data-parallel groups Q (default 1)")
+    p.add_argument("--sp", type=int, default=2, help="SP ranks P (default 2)")
+    p.add_argument("--steps", type=int, default=40, help="training steps per run (default 40)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per setting, interleaved (default 3)")
+    p.add_argument("--out", default=None, help="JSON output (default runs/bench-ledger-<time>.json)")
+    return p
+
+
+def main(args: argparse.Namespace, overrides: list[str]) -> int:
+    import os
+    import sys
+
+    from pitdist.config import ConfigError, load_config
+    from pitdist.launch.local import launch_local, make_run_dir
+
+    config = args.config or ("jobs/digits.toml" if os.path.exists("jobs/digits.toml") else None)
+    launcher = "single" if args.dp * args.sp == 1 else "local"
+    try:
+        if args.steps < 2 or args.repeats < 1:
+            raise ConfigError("--steps must be >= 2 and --repeats >= 1")
+        cfgs = {on: load_config(config, [*overrides, "--parallel.dp", str(args.dp), "--parallel.sp", str(args.sp),
+                                         "--parallel.launcher", launcher, "--train.steps", str(args.steps),
+                                         "--train.log_every", str(args.steps), "--metrics.ledger", str(on).lower(),
+                                         "--train.output_dir", "runs/bench-ledger", "--name", f"ledger-{on}"])
+                for on in (True, False)}
+    except ConfigError as exc:
+        print(f"pitdist bench ledger: error: {exc}", file=sys.stderr)
+        return 2
+    per_step: dict[bool, list[float]] = {True: [], False: []}
+    for repeat in range(args.repeats):
+        for on in (True, False) if repeat % 2 == 0 else (False, True):
+            result = launch_local(cfgs[on], make_run_dir(cfgs[on]))
+            per_step[on].append(result.wall_s / result.steps)
+            print(f"  repeat {repeat + 1}: ledger {'on ' if on else 'off'} {per_step[on][-1] * 1e3:8.2f} ms/step",
+                  flush=True)
+    on, off = statistics.median(per_step[True]), statistics.median(per_step[False])
+    summary = {"dp": args.dp, "sp": args.sp, "steps": args.steps, "repeats": args.repeats,
+               "ms_per_step_on": [t * 1e3 for t in per_step[True]], "ms_per_step_off": [t * 1e3 for t in per_step[False]],
+               "median_on_ms": on * 1e3, "median_off_ms": off * 1e3, "ratio_on_over_off": on / off}
+    print(f"ledger on / off, median step time: {on * 1e3:.2f} / {off * 1e3:.2f} ms = {on / off:.3f}")
+    out = Path(args.out or f"runs/bench-ledger-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1))
+    print(f"wrote {out}")
+    return 0
