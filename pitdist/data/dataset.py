@@ -29,7 +29,9 @@ class PixelDataset:
         return len(self.class_names)
 
     def subset(self, index: np.ndarray) -> "PixelDataset":
-        return PixelDataset(self.ids[index], self.labels[index], self.pixels[index], self.class_names, self.name)
+        # Memory-mapped pixels (pitdist.data.arrow.ShardedPixels) select rows without copying them.
+        pixels = self.pixels.select(index) if hasattr(self.pixels, "select") else self.pixels[index]
+        return PixelDataset(self.ids[index], self.labels[index], pixels, self.class_names, self.name)
 
     def split(self, val_fraction: float, seed: int) -> tuple["PixelDataset", "PixelDataset"]:
         """Deterministic train/validation split (independent of the training shuffle)."""
@@ -67,4 +69,11 @@ def load_dataset(name: str) -> PixelDataset:
         return load_digits_dataset()
     if name.startswith("synthetic:"):
         return synthetic_dataset(name)
-    raise ConfigError(f"data.dataset = {name!r}: use 'digits' or synthetic:HxWxC[:COUNT]")
+    from pitdist.data.arrow import is_arrow_dataset, open_arrow_dataset
+
+    if is_arrow_dataset(name) or "/" in name or name.startswith("."):
+        # A directory written by `pitdist data convert`: validated, pixels memory-mapped (DataError if bad).
+        ds = open_arrow_dataset(name)
+        return PixelDataset(ds.ids, ds.labels, ds.pixels, ds.class_names, str(ds.path))  # type: ignore[arg-type]
+    raise ConfigError(f"data.dataset = {name!r}: use 'digits', synthetic:HxWxC[:COUNT] or a directory written by "
+                      "`pitdist data convert`")
