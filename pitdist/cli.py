@@ -40,6 +40,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--dp", type=int, help="data-parallel groups Q (shortcut for --parallel.dp)")
     p.add_argument("--sp", type=int, help="sequence-parallel ranks P per image (shortcut for --parallel.sp)")
     p.add_argument("--zero", type=int, help="ZeRO stage 0, 1 or 2 (shortcut for --parallel.zero_stage)")
+    p.add_argument("--resume", help="continue from a run's checkpoints/ directory (shortcut for --train.resume)")
     return p
 
 
@@ -49,7 +50,8 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     config_path = args.config
     if config_path is None and os.path.exists(DEFAULT_JOB):
         config_path = DEFAULT_JOB
-    shortcuts = {"launcher": "parallel.launcher", "dp": "parallel.dp", "sp": "parallel.sp", "zero": "parallel.zero_stage"}
+    shortcuts = {"launcher": "parallel.launcher", "dp": "parallel.dp", "sp": "parallel.sp",
+                 "zero": "parallel.zero_stage", "resume": "train.resume"}
     for attr, key in shortcuts.items():
         value = getattr(args, attr)
         if value is not None:
@@ -61,10 +63,11 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
         cfg = load_config(config_path, overrides)
         # Imported late: torch/deepspeed take seconds to import, --help and config errors should not.
         from pitdist.launch.local import LaunchError, launch_local, make_run_dir
-        from pitdist.train.trainer import split_dataset, validate_mesh
+        from pitdist.train.trainer import check_resume, split_dataset, validate_mesh
 
         train_data, _ = split_dataset(cfg)
         validate_mesh(cfg, train_data.image_shape)
+        check_resume(cfg)
     except (ConfigError, MeshError) as exc:
         print(f"pitdist train: error: {exc}", file=sys.stderr)
         return 2

@@ -152,8 +152,16 @@ class TrainConfig:
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
     threads: int = 0  # torch intra-op threads per process; 0 = cores / processes
     output_dir: str = "runs"
+    # Save a DeepSpeed checkpoint (every rank's ZeRO state, scheduler, step, losses) every N steps and
+    # at the last step; 0 = none (model.pt, the consolidated weights, is always written).
+    # Checkpoints go to <run dir>/checkpoints/step-<N>.
+    checkpoint_every: int = 0
+    # Continue from a checkpoints directory of an earlier run (its latest tag, or resume_tag).
+    resume: str = ""
+    resume_tag: str = ""
 
     def __post_init__(self) -> None:
+        _require(self.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
         _require(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
         _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")

@@ -9,6 +9,7 @@ ranks of a group take the same share. The last n % B images of each epoch's orde
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,9 +39,7 @@ class BatchSchedule:
         return self.num_items % self.global_batch
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.num_items)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_items)
+        return _epoch_order(self.num_items, self.seed, epoch, self.shuffle)
 
     def global_batch_indices(self, step: int) -> np.ndarray:
         epoch, within = divmod(step, self.steps_per_epoch)
@@ -51,3 +50,12 @@ class BatchSchedule:
         """The share of step's global batch that data-parallel group ``dp_rank`` trains on."""
         per_group = self.global_batch // dp_size
         return self.global_batch_indices(step)[dp_rank * per_group : (dp_rank + 1) * per_group]
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(num_items: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    # Cached: every step of an epoch slices the same permutation (recomputing it cost ~1 ms per step at
+    # 70k images, more than gathering the batch). Read-only so no caller can alter the cached copy.
+    order = np.random.default_rng([seed, epoch]).permutation(num_items) if shuffle else np.arange(num_items)
+    order.flags.writeable = False
+    return order

@@ -24,6 +24,8 @@ from deepspeed.moe.layer import MoE
 from deepspeed.utils import groups
 from torch import nn
 
+from pitdist.models.pos_embed import add_table_rows
+
 
 def expert_group_name(sp: int) -> str:
     # DeepSpeed parses this exact form (groups._get_max_expert_size).
@@ -72,13 +74,7 @@ class ShardedLearnedPosEmbed(MoE):
             raise RuntimeError("sharded position table: call pitdist.distributed.sharded_pe.create_groups first")
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        local = positions - self.offset
-        if local.numel() and (int(local.min()) < 0 or int(local.max()) >= self.weight.shape[0]):
-            raise IndexError(
-                f"positions {int(positions.min())}..{int(positions.max())} fall outside this shard's rows "
-                f"{self.offset}..{self.offset + self.weight.shape[0] - 1}"
-            )
-        return x + self.weight[local].to(x.dtype)
+        return add_table_rows(x, self.weight, self.offset, positions)
 
 
 def fix_zero0_gradient_scale(model: nn.Module, sp: int) -> None:

@@ -62,13 +62,18 @@ class LearnedPosEmbed(nn.Module):
         nn.init.trunc_normal_(self.weight, std=0.02)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        local = positions - self.offset
-        if local.numel() and (int(local.min()) < 0 or int(local.max()) >= self.weight.shape[0]):
-            raise IndexError(
-                f"positions {int(positions.min())}..{int(positions.max())} fall outside this table's rows "
-                f"{self.offset}..{self.offset + self.weight.shape[0] - 1}"
-            )
-        return x + self.weight[local].to(x.dtype)
+        return add_table_rows(x, self.weight, self.offset, positions)
+
+
+def add_table_rows(x: torch.Tensor, table: torch.Tensor, offset: int, positions: torch.Tensor) -> torch.Tensor:
+    """x + the rows of ``table`` (which starts at global position ``offset``) for ``positions``."""
+    local = positions - offset
+    if local.numel() and (int(local.min()) < 0 or int(local.max()) >= table.shape[0]):
+        raise IndexError(
+            f"positions {int(positions.min())}..{int(positions.max())} fall outside this table's rows "
+            f"{offset}..{offset + table.shape[0] - 1}"
+        )
+    return x + table[local].to(x.dtype)
 
 
 def build_pos_embed(kind: str, grid: tuple[int, int], dim: int) -> nn.Module:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pitdist.config import JobConfig
+from pitdist.config import ConfigError, JobConfig
 from pitdist.data.dataset import PixelDataset, load_dataset
 from pitdist.data.sharding import BatchSchedule
 from pitdist.distributed import comm, sharded_pe
@@ -153,13 +153,13 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path) -> Ru
         batches = LocalBatches(train_data, schedule, mesh, cfg.model.patch_size, device, dtype)
         image_flops = flops_per_image(cfg.model, batches.num_tokens, train_data.image_shape[2], train_data.num_classes)
         log = StepLog(cfg, run_dir, mesh.rank == 0, batches.num_tokens, image_flops)
-        losses: list[float] = []
+        first_step, losses = resume(engine, cfg)
         with contextlib.ExitStack() as stack:
             counter = stack.enter_context(C10dCounter()) if cfg.metrics.crosscheck else None
             if counter is not None:
                 reset_comms_logger()
             start = time.perf_counter()
-            for step in range(cfg.train.steps):
+            for step in range(first_step, cfg.train.steps):
                 ledger.step = step
                 _, tokens, labels = batches(step)
                 with ledger.in_phase("forward"):
@@ -175,6 +175,12 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path) -> Ru
                     total = comm.all_reduce_(loss.detach().float().reshape(1), mesh.dp_group, category="metrics")
                 losses.append(float(total) / mesh.dp)
                 log.step(step, losses[-1], engine.get_lr()[0])
+                every = cfg.train.checkpoint_every
+                if every and ((step + 1) % every == 0 or step + 1 == cfg.train.steps):
+                    with ledger.in_phase("checkpoint"):
+                        # The batch schedule is a function of the step, so the step is the data position.
+                        engine.save_checkpoint(str(run_dir / "checkpoints"), tag=f"step-{step + 1}",
+                                               client_state={"step": step + 1, "losses": losses})
             wall = time.perf_counter() - start
         log.close()
         crosscheck = {"c10d": dict(counter.totals), "comms_logger": comms_logger_totals()} if counter else None
@@ -186,7 +192,7 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path) -> Ru
         ledger.uninstall()
 
     write_comm_record(run_dir, mesh, ledger, engine, train_data, crosscheck)
-    images_per_s = cfg.train.steps * cfg.train.batch_size / wall
+    images_per_s = (cfg.train.steps - first_step) * cfg.train.batch_size / wall
     result = RunResult(
         losses=losses,
         val_accuracy=accuracy,
@@ -203,6 +209,32 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path) -> Ru
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         (run_dir / "result.json").write_text(json.dumps(asdict(result), indent=1))
     return result
+
+
+def check_resume(cfg: JobConfig) -> None:
+    """Refuse a resume target that does not exist before any rank starts."""
+    if not cfg.train.resume:
+        return
+    root = Path(cfg.train.resume)
+    tag = cfg.train.resume_tag
+    if not root.is_dir() or not ((root / tag).is_dir() if tag else (root / "latest").is_file()):
+        found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        raise ConfigError(f"train.resume: {root} holds no checkpoint {tag or '(latest)'}; "
+                          f"tags there: {found or 'none'} (runs save them with --train.checkpoint_every N)")
+
+
+def resume(engine, cfg: JobConfig) -> tuple[int, list[float]]:
+    """Load ``train.resume`` into the engine; return the step to continue from and the losses so far."""
+    if not cfg.train.resume:
+        return 0, []
+    path, client = engine.load_checkpoint(cfg.train.resume, tag=cfg.train.resume_tag or None)
+    if path is None or not client or "step" not in client:
+        raise ConfigError(f"train.resume: no pitdist checkpoint in {cfg.train.resume} "
+                          f"(tag {cfg.train.resume_tag or 'latest'}); point it at a run's checkpoints/ directory")
+    if client["step"] >= cfg.train.steps:
+        raise ConfigError(f"train.resume: the checkpoint is at step {client['step']}, but train.steps = "
+                          f"{cfg.train.steps}; raise train.steps to train further")
+    return client["step"], list(client["losses"])
 
 
 def write_comm_record(run_dir: Path, mesh: Mesh, ledger: CommLedger, engine, data: PixelDataset,

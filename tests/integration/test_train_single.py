@@ -53,10 +53,11 @@ def test_bad_config_exits_2_and_writes_nothing(pitdist_cli, tmp_path):
          "parallel.sp = 8 does not divide the 4 tokens of an image (DeepSpeed Ulysses would silently compute "
          "wrong attention, DeepSpeed issue 7384); valid sp: [1, 2, 4]"),
         (["--sp", "2", "--launcher", "single"], "parallel.launcher: 'single' runs one process but dp * sp = 2"),
+        (["--resume", "/nonexistent/checkpoints"], "train.resume: /nonexistent/checkpoints holds no checkpoint"),
     ],
-    ids=["heads", "tokens", "world"],
+    ids=["heads", "tokens", "world", "resume"],
 )
-def test_a_mesh_that_cannot_work_is_refused_before_any_process_starts(pitdist_cli, tmp_path, args, message):
+def test_a_setup_that_cannot_work_is_refused_before_any_process_starts(pitdist_cli, tmp_path, args, message):
     out = tmp_path / "runs"
     proc = pitdist_cli("train", "--train.output_dir", str(out), *args)
     assert proc.returncode == 2, proc.stdout + proc.stderr
