@@ -6,7 +6,7 @@ import contextlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +19,12 @@ from pitdist.data.dataset import PixelDataset, load_dataset
 from pitdist.data.sharding import BatchSchedule
 from pitdist.distributed import comm, sharded_pe
 from pitdist.distributed.ledger import CommLedger
-from pitdist.metrics.crosscheck import C10dCounter, comms_logger_totals, reset_comms_logger
-from pitdist.models.pos_embed import LearnedPosEmbed
 from pitdist.distributed.parallel_dims import Mesh, ParallelDims
 from pitdist.distributed.parallelize import consolidated_state_dict, is_sharded, parallelize
+from pitdist.metrics.crosscheck import C10dCounter, comms_logger_totals, reset_comms_logger
 from pitdist.metrics.flops import flops_per_image
 from pitdist.models.pit import build_model, pixels_to_tokens
+from pitdist.models.pos_embed import LearnedPosEmbed
 from pitdist.train.engine import build_engine, resolve_dtype
 
 
@@ -41,7 +41,6 @@ class RunResult:
     steps: int
     dropped_per_epoch: int
     run_dir: str
-    extra: dict = field(default_factory=dict)
 
 
 def split_dataset(cfg: JobConfig) -> tuple[PixelDataset, PixelDataset]:

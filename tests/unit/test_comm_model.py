@@ -1,7 +1,6 @@
 """The analytical communication model: its parameter counts and DESIGN.md's worked example."""
 
 import pytest
-import torch
 
 from pitdist.config import ModelConfig
 from pitdist.metrics.comm_model import param_counts, step_traffic
