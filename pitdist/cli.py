@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import textwrap
@@ -86,7 +87,8 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
         return 1
     print(
         f"done: {result.steps} steps in {result.wall_s:.1f} s | final loss {result.losses[-1]:.4f} | "
-        f"val accuracy {result.val_accuracy:.2%} | {result.images_per_s:.0f} images/s, "
+        f"val accuracy {'skipped' if math.isnan(result.val_accuracy) else f'{result.val_accuracy:.2%}'} | "
+        f"{result.images_per_s:.0f} images/s, "
         f"{result.tokens_per_s:.0f} tokens/s, {result.tflops * 1e3:.2f} GFLOP/s | dropped per epoch "
         f"{result.dropped_per_epoch} | {result.run_dir}"
     )
@@ -167,7 +169,7 @@ def _comm_report(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 # Benchmarks are modules of pitdist.bench, each with add_parser(subparsers) and main(args, overrides).
-BENCHMARKS = ("sp", "ledger")
+BENCHMARKS = ("sp", "ledger", "data")
 
 
 def _bench_parser(sub) -> argparse.ArgumentParser:

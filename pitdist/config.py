@@ -146,6 +146,7 @@ class TrainConfig:
     batch_size: int = 32  # images per step over all data-parallel groups
     seed: int = 0
     log_every: int = 25
+    evaluate: bool = True  # held-out accuracy at the end
     eval_batch_size: int = 256
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # "auto": bf16 on CUDA, fp32 on CPU.

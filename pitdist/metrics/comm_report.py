@@ -200,8 +200,9 @@ def plot(summaries: list[dict], path: Path) -> None:
     for variant in dict.fromkeys(s["variant"] for s in summaries):
         pts = sorted((s["sp"], sum(r.sent for r in s["rows"][0]), sum(r.model_sent or 0 for r in s["rows"][0]))
                      for s in summaries if s["variant"] == variant)
-        right.plot([p for p, _, _ in pts], [m / 1e6 for _, _, m in pts], "-", alpha=0.6)
-        right.plot([p for p, _, _ in pts], [b / 1e6 for _, b, _ in pts], "o", label=variant)
+        (line,) = right.plot([p for p, _, _ in pts], [m / 1e6 for _, _, m in pts], "-", alpha=0.6)
+        right.plot([p for p, _, _ in pts], [b / 1e6 for _, b, _ in pts], "o", color=line.get_color(), label=variant)
+    right.set_xticks(sorted({s["sp"] for s in summaries}))
     right.set_xlabel("SP ranks P")
     right.set_ylabel("MB sent per rank per step")
     right.set_title("Total vs P (dots measured, lines model)")

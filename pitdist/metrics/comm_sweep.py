@@ -23,7 +23,7 @@ def variant_config(config: str | None, overrides: list[str], variant: str, dp: i
         *overrides, *VARIANTS[variant], "--parallel.dp", str(dp), "--parallel.sp", str(sp),
         "--parallel.launcher", launcher, "--train.steps", str(steps), "--metrics.crosscheck", "true",
         "--train.output_dir", str(out_dir / "runs"), "--name", f"comm-{variant}-q{dp}p{sp}",
-        "--train.log_every", str(steps),
+        "--train.log_every", str(steps), "--train.evaluate", "false",
     ])
 
 

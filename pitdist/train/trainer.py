@@ -185,7 +185,8 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path) -> Ru
         crosscheck = {"c10d": dict(counter.totals), "comms_logger": comms_logger_totals()} if counter else None
         ledger.step = None
         with ledger.in_phase("eval"):
-            accuracy = evaluate(engine.module, batches, val_data, cfg.train.eval_batch_size)
+            accuracy = (evaluate(engine.module, batches, val_data, cfg.train.eval_batch_size)
+                        if cfg.train.evaluate else float("nan"))
             state = consolidated_state_dict(engine.module, mesh)  # whole PE table even when sharded
     finally:
         ledger.uninstall()
