@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -356,6 +355,12 @@ def _build(cfg, mesh, side: int, channels: int):
     model = build_model(cfg.model, (side, side, channels), NUM_CLASSES)
     model = parallelize(model, mesh, cfg.model)
     engine = build_engine(model, cfg, mesh, torch.float32)
+    # DeepSpeed's WarmupDecayLR gives lr 0 to the first two steps even with a 1-step warm-up. Advance
+    # it so every step the bench runs updates the weights (AdamW does the same work either way).
+    for _ in range(3):
+        if engine.lr_scheduler.get_lr()[0] >= cfg.optim.lr * 0.99:
+            break
+        engine.lr_scheduler.step()
     gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + side)  # same image on every rank
     pixels = torch.randint(0, 256, (1, side, side, channels), dtype=torch.uint8, generator=gen)
     label = torch.randint(0, NUM_CLASSES, (1,), generator=gen)
