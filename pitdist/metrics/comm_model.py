@@ -16,7 +16,7 @@ pitdist.distributed.ledger (ring all-reduce 2n(W-1)/W, all-gather s(W-1), all-to
     zero_param_gather ZeRO 1/2: all-gather of the updated partitions, one per optimizer param group;
                       DeepSpeed pads each group to a multiple of 2*W elements, shard = padded/W.
     pe_param_gather   ZeRO 1/2 with a sharded table: the table is its own group, partitioned over
-                      the Q DP ranks, and gathered over them.
+                      the Q DP ranks, and gathered over them (no call at all when Q = 1).
     grad_norm         4-byte all-reduces of the gradient norm DeepSpeed makes in the optimizer step:
                       ZeRO 0 with clipping: one over the SP group, one over all W ranks;
                       ZeRO 1/2: one per param group over the W ranks, clipping or not (a sharded
@@ -112,9 +112,11 @@ def step_traffic(
         norms = len(groups) + (1 if sharded else 0)  # the table is an optimizer group of its own
         norm_sent = norms * _ring_allreduce(4, world)
         if sharded:
-            # ...partitioned over its DP group, whose norms DeepSpeed averages over that group.
-            shard = _zero_partition(params.pos_embed, q) * e
-            out["pe_param_gather"] = Traffic(1, shard, shard * (q - 1))
+            # ...partitioned over its DP group (gathered only when that group has more than one rank),
+            # whose norms DeepSpeed averages over that group.
+            if q > 1:
+                shard = _zero_partition(params.pos_embed, q) * e
+                out["pe_param_gather"] = Traffic(1, shard, shard * (q - 1))
             norm_sent += _ring_allreduce(4, q)
         out["grad_norm"] = Traffic(norms + sharded, 4 * (norms + sharded), norm_sent)
     elif grad_clip > 0:
