@@ -1,0 +1,31 @@
+"""`pitdist bench data` through the CLI, in a tiny configuration (generated 8x8 and 16x16x3 images)."""
+
+import json
+
+import pytest
+
+
+@pytest.mark.slow
+def test_tiny_bench_data_writes_json(pitdist_cli, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = pitdist_cli("bench", "data", "--sizes", "8x8x1,16x16x3", "--rows", "600", "--fashion-mnist", "",
+                       "--batch-size", "128", "--train-steps", "1", "--train-batch", "2", "--train-max-tokens", "64",
+                       "--model.depth", "1", "--work-dir", str(tmp_path), "--out", str(out), timeout=300, check=True)
+    report = json.loads(out.read_text())
+    assert [r["shape"] for r in report["sizes"]] == [[8, 8, 1], [16, 16, 3]]
+    for row in report["sizes"]:
+        assert row["rows"] == 600 and row["source"] == "generated"
+        loc, ray, train = row["local"], row["ray"], row["train"]
+        assert loc["images"] == 512 and loc["dropped"] == 88 and loc["images_per_s"] > 0
+        assert loc["tokens_per_s"] == pytest.approx(loc["images_per_s"] * row["shape"][0] * row["shape"][1] / 2)
+        assert ray["images"] == 600 - 128 and ray["images_per_s"] > 0  # timed from the second batch
+        assert train["images_per_s"] > 0 and row["local_over_train"] > 1
+    assert report["sizes"][1]["train"]["estimated"] and report["sizes"][1]["train"]["measured_shape"] == [8, 8, 3]
+    assert "8x8x1 (generated, 600 images): local" in proc.stdout
+    assert not list(tmp_path.glob("tmp*"))  # the datasets were removed
+
+
+def test_bad_option_exits_2(pitdist_cli, tmp_path):
+    proc = pitdist_cli("bench", "data", "--sizes", "7x7x1", "--sp", "2", "--out", str(tmp_path / "b.json"))
+    assert proc.returncode == 2 and "--sp 2 does not divide the 49 tokens" in proc.stderr
+    assert not (tmp_path / "b.json").exists()
