@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pitdist.config import ConfigError
-from pitdist.data.arrow import (DataError, DatasetWriter, arrow_schema, open_arrow_dataset, sha256_file)
+from pitdist.data.arrow import DataError, DatasetWriter, arrow_schema, sha256_file
 from pitdist.data.convert import convert, make_source, read_idx
 from pitdist.data.dataset import load_dataset
 from pitdist.data.sharding import BatchSchedule
