@@ -235,22 +235,15 @@ def _coerce(key: str, tp: Any, value: Any, from_cli: bool) -> Any:
                 return False
         if isinstance(value, bool):
             return value
-    elif tp is int:
+    elif tp in (int, float):
         if from_cli and isinstance(value, str):
             try:
-                return int(value)
+                return tp(value)
             except ValueError:
                 pass
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if from_cli and isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        # TOML's 3 is a fine float; 3.0 is not an int, and true is neither.
+        if isinstance(value, (int, float) if tp is float else int) and not isinstance(value, bool):
+            return tp(value)
     elif tp is str:
         if isinstance(value, str):
             return value
