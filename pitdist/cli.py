@@ -1,4 +1,4 @@
-"""`pitdist` command line: train (more subcommands arrive with later features)."""
+"""`pitdist` command line: train, comm-report, comm-model, bench, data."""
 
 from __future__ import annotations
 
