@@ -37,7 +37,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default=None, help=f"job TOML file (default: {DEFAULT_JOB} when it exists)")
-    p.add_argument("--launcher", choices=["single", "local"], help="shortcut for --parallel.launcher")
+    p.add_argument("--launcher", choices=["single", "local", "ray"], help="shortcut for --parallel.launcher")
+    p.add_argument("--address", help="Ray cluster to attach to with --launcher ray (shortcut for "
+                   "--parallel.ray_address; default: start an embedded local cluster)")
     p.add_argument("--dp", type=int, help="data-parallel groups Q (shortcut for --parallel.dp)")
     p.add_argument("--sp", type=int, help="sequence-parallel ranks P per image (shortcut for --parallel.sp)")
     p.add_argument("--zero", type=int, help="ZeRO stage 0, 1 or 2 (shortcut for --parallel.zero_stage)")
@@ -52,7 +54,7 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     if config_path is None and os.path.exists(DEFAULT_JOB):
         config_path = DEFAULT_JOB
     shortcuts = {"launcher": "parallel.launcher", "dp": "parallel.dp", "sp": "parallel.sp",
-                 "zero": "parallel.zero_stage", "resume": "train.resume"}
+                 "zero": "parallel.zero_stage", "resume": "train.resume", "address": "parallel.ray_address"}
     for attr, key in shortcuts.items():
         value = getattr(args, attr)
         if value is not None:
@@ -81,7 +83,12 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
         flush=True,
     )
     try:
-        result = launch_local(cfg, run_dir)
+        if p.launcher == "ray":
+            from pitdist.launch.ray_launcher import launch_ray
+
+            result = launch_ray(cfg, run_dir)
+        else:
+            result = launch_local(cfg, run_dir)
     except LaunchError as exc:
         print(f"pitdist train: a rank failed:\n{exc}", file=sys.stderr)
         return 1

@@ -102,7 +102,9 @@ class ParallelConfig:
     dp: int = 1  # Q: data-parallel groups
     sp: int = 1  # P: ranks that split one image's tokens (DeepSpeed Ulysses)
     zero_stage: int = 0
-    launcher: Literal["single", "local"] = "single"
+    launcher: Literal["single", "local", "ray"] = "single"
+    # Ray launcher: the cluster to attach to ("" = start an embedded local cluster).
+    ray_address: str = ""
     # "auto" picks nccl when CUDA is available, else gloo.
     backend: Literal["auto", "gloo", "nccl"] = "auto"
 

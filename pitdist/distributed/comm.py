@@ -46,6 +46,11 @@ def init_process_group(rank: int, world_size: int, backend: str, master_addr: st
     )
 
 
+def adopt_process_group(backend: str) -> None:
+    """Inside a Ray Train worker: Ray made the torch process group; let deepspeed.comm use it."""
+    dist.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+
+
 def is_initialized() -> bool:
     return dist.is_initialized()
 

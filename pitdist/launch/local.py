@@ -24,14 +24,14 @@ def make_run_dir(cfg: JobConfig) -> Path:
     return run_dir
 
 
-def _threads_per_rank(cfg: JobConfig) -> int:
+def threads_per_rank(cfg: JobConfig) -> int:
     return cfg.train.threads or max(1, (os.cpu_count() or 1) // cfg.parallel.world_size)
 
 
 def run_rank(rank: int, cfg_dict: dict, port: int, run_dir: str, results=None) -> RunResult:
     """One rank's whole life: join the group, build the mesh, train, leave."""
     cfg = config_from_dict(cfg_dict)
-    torch.set_num_threads(_threads_per_rank(cfg))
+    torch.set_num_threads(threads_per_rank(cfg))
     quiet_deepspeed()
     world = cfg.parallel.world_size
     backend = comm.pick_backend(cfg.parallel.backend)
