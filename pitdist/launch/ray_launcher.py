@@ -45,7 +45,6 @@ def launch_ray(cfg: JobConfig, run_dir: Path) -> RunResult:
     from pitdist.distributed.comm import pick_backend
 
     world = cfg.parallel.world_size
-    use_gpu = cfg.train.device == "cuda" or (cfg.train.device == "auto" and _cluster_has_gpus())
     if cfg.parallel.ray_address:
         ray.init(address=cfg.parallel.ray_address)
     else:
@@ -53,6 +52,9 @@ def launch_ray(cfg: JobConfig, run_dir: Path) -> RunResult:
         # and threads per rank are set from the real core count.
         ray.init(num_cpus=max(os.cpu_count() or 1, world + 1), include_dashboard=False)
     try:
+        # "auto": a GPU per worker when the cluster has GPUs (the driver itself may have none).
+        use_gpu = cfg.train.device == "cuda" or (
+            cfg.train.device == "auto" and ray.cluster_resources().get("GPU", 0) >= world)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"cfg": cfg.to_dict(), "run_dir": str(run_dir.absolute())},
@@ -65,8 +67,3 @@ def launch_ray(cfg: JobConfig, run_dir: Path) -> RunResult:
         ray.shutdown()
     return RunResult(**json.loads((run_dir / "result.json").read_text()))
 
-
-def _cluster_has_gpus() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
