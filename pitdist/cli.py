@@ -66,11 +66,9 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
         cfg = load_config(config_path, overrides)
         # Imported late: torch/deepspeed take seconds to import, --help and config errors should not.
         from pitdist.launch.local import LaunchError, launch_local, make_run_dir
-        from pitdist.train.trainer import check_resume, split_dataset, validate_mesh
+        from pitdist.train.trainer import validate_job
 
-        train_data, _ = split_dataset(cfg)
-        validate_mesh(cfg, train_data.image_shape)
-        check_resume(cfg)
+        validate_job(cfg)
     except (ConfigError, MeshError) as exc:
         print(f"pitdist train: error: {exc}", file=sys.stderr)
         return 2

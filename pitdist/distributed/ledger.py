@@ -57,11 +57,12 @@ _BACKEND_OPS: dict[str, tuple[tuple[str, ...], str | None]] = {
 }
 
 
-def _nbytes(obj: Any) -> int:
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of a tensor, or of all tensors in a (nested) list."""
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
     if isinstance(obj, (list, tuple)):
-        return sum(_nbytes(o) for o in obj)
+        return sum(tensor_bytes(o) for o in obj)
     return 0
 
 
@@ -129,7 +130,6 @@ class CommLedger:
         self.records: dict[tuple, Totals] = defaultdict(Totals)
         self._backend = None
         self._sync_cuda = torch.cuda.is_available()
-        self.enabled = True
 
     # --- context the callers provide ------------------------------------------------------------
     def name_group(self, group, name: str) -> None:
@@ -179,18 +179,12 @@ class CommLedger:
         group_name, world = self._group_info(group)
         category = self._category[-1] if self._category else _classify(op, self.phase, handed, group_name)
         key = (self.step, self.phase, category, op, group_name, self.layer if category == "attention_a2a" else None)
-        t = self.records[key]
-        t.count += 1
-        t.handed += handed
-        t.sent += sent_bytes(op, handed, world)
-        t.seconds += seconds
+        self.records[key].add(Totals(1, handed, sent_bytes(op, handed, world), seconds))
 
     def _wrap(self, op: str, method):
         params, handed_arg = _BACKEND_OPS[op]
 
         def recorded(*args, **kwargs):
-            if not self.enabled:
-                return method(*args, **kwargs)
             bound = {**dict(zip(params, args)), **kwargs}
             if self._sync_cuda:
                 torch.cuda.synchronize()
@@ -198,7 +192,7 @@ class CommLedger:
             out = method(*args, **kwargs)
             if self._sync_cuda:
                 torch.cuda.synchronize()
-            handed = _nbytes(bound.get(handed_arg)) if handed_arg else 0
+            handed = tensor_bytes(bound.get(handed_arg)) if handed_arg else 0
             self.record(op, handed, bound.get("group"), time.perf_counter() - start)
             return out
 

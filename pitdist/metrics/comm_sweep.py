@@ -30,12 +30,12 @@ def variant_config(config: str | None, overrides: list[str], variant: str, dp: i
 def run_sweep(configs: list[JobConfig], progress=print) -> list[str]:
     """Train each config (a few steps) and return the run directories."""
     from pitdist.launch.local import launch_local, make_run_dir
-    from pitdist.train.trainer import split_dataset, validate_mesh
+    from pitdist.train.trainer import validate_job
 
+    for cfg in configs:  # refuse a bad mesh before the first run, not after a few
+        validate_job(cfg)
     run_dirs = []
     for cfg in configs:
-        train_data, _ = split_dataset(cfg)
-        validate_mesh(cfg, train_data.image_shape)
         run_dir = make_run_dir(cfg)
         progress(f"  running {cfg.name} ({cfg.train.steps} steps, zero {cfg.parallel.zero_stage}) -> {run_dir}")
         launch_local(cfg, run_dir)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from pitdist.distributed.ledger import tensor_bytes
 
 # c10d op -> (DeepSpeed backend name, index of the argument holding the input)
 _C10D_OPS = {
@@ -35,14 +36,6 @@ _C10D_OPS = {
 }
 
 
-def _nbytes(obj) -> int:
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, (list, tuple)):
-        return sum(_nbytes(o) for o in obj)
-    return 0
-
-
 class C10dCounter(TorchDispatchMode):
     """Counts c10d collectives at the dispatcher: {op: [count, handed bytes]}."""
 
@@ -56,7 +49,7 @@ class C10dCounter(TorchDispatchMode):
             op, index = _C10D_OPS.get(name, (name, None))
             entry = self.totals[op]
             entry[0] += 1
-            entry[1] += _nbytes(args[index]) if index is not None and index < len(args) else 0
+            entry[1] += tensor_bytes(args[index]) if index is not None and index < len(args) else 0
         return func(*args, **(kwargs or {}))
 
 

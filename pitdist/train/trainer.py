@@ -67,8 +67,9 @@ class LocalBatches:
         self.token_range = mesh.token_range(self.num_tokens)
         self.positions = torch.arange(*self.token_range, device=device)
 
-    def tokens(self, index: np.ndarray) -> torch.Tensor:
-        pixels = torch.from_numpy(self.data.pixels[index])
+    def tokens(self, index: np.ndarray, data: PixelDataset | None = None) -> torch.Tensor:
+        """This rank's tokens of images ``index`` of ``data`` (default: the training set)."""
+        pixels = torch.from_numpy((data or self.data).pixels[index])
         return pixels_to_tokens(pixels, self.patch_size, self.token_range).to(self.device, self.dtype)
 
     def __call__(self, step: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
@@ -86,9 +87,7 @@ def evaluate(model: torch.nn.Module, batches: LocalBatches, data: PixelDataset, 
     correct = 0
     for start in range(0, len(share), batch_size):
         index = share[start : start + batch_size]
-        pixels = torch.from_numpy(data.pixels[index])
-        tokens = pixels_to_tokens(pixels, batches.patch_size, batches.token_range).to(batches.device, batches.dtype)
-        pred = model(tokens, batches.positions).argmax(dim=-1).cpu()
+        pred = model(batches.tokens(index, data), batches.positions).argmax(dim=-1).cpu()
         correct += int((pred == torch.from_numpy(data.labels[index])).sum())
     model.train()
     counts = torch.tensor([correct, len(share)], dtype=torch.float64, device=batches.device)
@@ -143,9 +142,10 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path) -> Ru
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = build_model(cfg.model, train_data.image_shape, train_data.num_classes)
         model = parallelize(model, mesh, cfg.model).to(device)
-        if cfg.metrics.ledger and cfg.model.shard_pos_embed and mesh.sp > 1:
-            ledger.name_group(sharded_pe.pe_dp_group(mesh.sp), "pe_dp")
-        ledger.watch_layers(model.blocks)
+        if cfg.metrics.ledger:
+            if cfg.model.shard_pos_embed and mesh.sp > 1:
+                ledger.name_group(sharded_pe.pe_dp_group(mesh.sp), "pe_dp")
+            ledger.watch_layers(model.blocks)
         engine = build_engine(model, cfg, mesh, dtype)
 
         schedule = BatchSchedule(len(train_data), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle)
@@ -211,6 +211,13 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path) -> Ru
     return result
 
 
+def validate_job(cfg: JobConfig) -> None:
+    """Everything that can be refused before any rank starts: data, mesh, resume target."""
+    train_data, _ = split_dataset(cfg)
+    validate_mesh(cfg, train_data.image_shape)
+    check_resume(cfg)
+
+
 def check_resume(cfg: JobConfig) -> None:
     """Refuse a resume target that does not exist before any rank starts."""
     if not cfg.train.resume:
@@ -242,7 +249,8 @@ def write_comm_record(run_dir: Path, mesh: Mesh, ledger: CommLedger, engine, dat
     """comm/rank<r>.json: this rank's ledger rows, plus what the report needs to attribute them."""
     grads = [p for p in engine.module.parameters() if p.requires_grad]
     pe = engine.module.pos_embed
-    replicated_pe = pe.weight.numel() if isinstance(pe, LearnedPosEmbed) and not is_sharded(pe.weight) else 0
+    # A sharded table is a ShardedLearnedPosEmbed, reduced apart from the engine's bucket.
+    replicated_pe = pe.weight.numel() if isinstance(pe, LearnedPosEmbed) else 0
     record = {
         "rank": mesh.rank, "dp_rank": mesh.dp_rank, "sp_rank": mesh.sp_rank, "dp": mesh.dp, "sp": mesh.sp,
         "image_shape": list(data.image_shape), "num_classes": data.num_classes,
