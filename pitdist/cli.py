@@ -1,4 +1,4 @@
-"""`pitdist` command line: train, comm-report, comm-model, bench, data."""
+"""`pitdist` command line: train, comm-report, comm-model, bench, data, submit, job."""
 
 from __future__ import annotations
 
@@ -263,12 +263,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         "with per-collective communication accounting.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from pitdist.launch import submit  # light: ray loads inside the commands
     handlers = {
         "train": (_train_parser(sub), _train),
         "comm-report": (_comm_report_parser(sub), _comm_report),
         "comm-model": (_comm_model_parser(sub), _comm_model),
         "bench": (_bench_parser(sub), _bench),
         "data": (_data_parser(sub), _data),
+        "submit": (submit.add_submit_parser(sub), submit.submit_main),
+        "job": (submit.add_job_parser(sub), submit.job_main),
     }
     return parser, handlers
 
