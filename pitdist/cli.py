@@ -20,9 +20,11 @@ TRAIN_EPILOG = textwrap.dedent(
     Sections: model, data, parallel, optim, train (see pitdist/config.py for every key).
 
     Examples
-      pitdist train                                  # the default job ({job})
-      pitdist train --launcher local --sp 2          # one image's pixels split over 2 processes
-      pitdist train --launcher local --dp 2 --sp 2 --parallel.zero_stage 1
+      pitdist train                                  # the default job ({job}), on an embedded Ray cluster
+      pitdist train --address 10.0.0.1:6379          # the same on a running Ray cluster
+      pitdist train --launcher local --sp 2          # one image's pixels split over 2 local processes, no Ray
+      pitdist train --dp 2 --sp 2 --zero 1 --train.checkpoint_every 50
+      pitdist train --sp 1 --launcher single         # one process, no Ray
     """
 ).format(job=DEFAULT_JOB)
 
@@ -31,19 +33,23 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train a PiT on a dataset",
-        description="Train a Pixel Transformer. Single process by default; --launcher local spawns one "
-        "process per rank (gloo on CPU, nccl on GPUs) for dp x sp parallelism.",
+        description="Train a Pixel Transformer on dp x sp ranks: Ray Train workers by default (an embedded "
+        "local Ray cluster, or --address), --launcher local spawns one process per rank without Ray, "
+        "--launcher single runs in this process. gloo on CPU, nccl and one GPU per rank on GPUs.",
         epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default=None, help=f"job TOML file (default: {DEFAULT_JOB} when it exists)")
     p.add_argument("--launcher", choices=["single", "local", "ray"], help="shortcut for --parallel.launcher")
-    p.add_argument("--address", help="Ray cluster to attach to with --launcher ray (shortcut for "
-                   "--parallel.ray_address; default: start an embedded local cluster)")
+    p.add_argument("--address", help="Ray cluster to attach to (shortcut for --parallel.ray_address; default: "
+                   "the cluster of the Ray job this runs in, else an embedded local cluster)")
     p.add_argument("--dp", type=int, help="data-parallel groups Q (shortcut for --parallel.dp)")
     p.add_argument("--sp", type=int, help="sequence-parallel ranks P per image (shortcut for --parallel.sp)")
+    p.add_argument("--ring", type=int, help="of the P ranks, how many pass K/V around a ring (ring attention; "
+                   "the other factor P/ring runs Ulysses); shortcut for --parallel.ring")
     p.add_argument("--zero", type=int, help="ZeRO stage 0, 1 or 2 (shortcut for --parallel.zero_stage)")
-    p.add_argument("--resume", help="continue from a run's checkpoints/ directory (shortcut for --train.resume)")
+    p.add_argument("--resume", help="continue from a checkpoint: a run's checkpoints/ directory, or one Ray "
+                   "checkpoint directory such as runs/ray/<run>/step-100 (shortcut for --train.resume)")
     return p
 
 
@@ -53,15 +59,12 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     config_path = args.config
     if config_path is None and os.path.exists(DEFAULT_JOB):
         config_path = DEFAULT_JOB
-    shortcuts = {"launcher": "parallel.launcher", "dp": "parallel.dp", "sp": "parallel.sp",
+    shortcuts = {"launcher": "parallel.launcher", "dp": "parallel.dp", "sp": "parallel.sp", "ring": "parallel.ring",
                  "zero": "parallel.zero_stage", "resume": "train.resume", "address": "parallel.ray_address"}
     for attr, key in shortcuts.items():
         value = getattr(args, attr)
         if value is not None:
             overrides += [f"--{key}", str(value)]
-    # Asking for more than one rank implies the local launcher unless one was named.
-    if args.launcher is None and ((args.dp or 1) * (args.sp or 1)) > 1:
-        overrides += ["--parallel.launcher", "local"]
     try:
         cfg = load_config(config_path, overrides)
         # Imported late: torch/deepspeed take seconds to import, --help and config errors should not.
@@ -87,6 +90,11 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
             result = launch_ray(cfg, run_dir)
         else:
             result = launch_local(cfg, run_dir)
+    except ConfigError as exc:  # found once the cluster could be asked (e.g. no GPUs on it)
+        if not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        print(f"pitdist train: error: {exc}", file=sys.stderr)
+        return 2
     except LaunchError as exc:
         print(f"pitdist train: a rank failed:\n{exc}", file=sys.stderr)
         return 1
@@ -113,16 +121,24 @@ def _comm_report_parser(sub) -> argparse.ArgumentParser:
         "per rank and step, the bytes and seconds of every communication category next to the analytical "
         "model, with each variant's difference from 'none'. Every run is also counted by DeepSpeed's comms "
         "logger and a c10d dispatch counter and checked against the ledger. Writes JSON, CSV and a PNG plot. "
-        "With --run, reads finished runs instead of training.",
+        "With --run, reads finished runs instead of training; with --prometheus, reads the counters the ranks "
+        "exported (--metrics.prometheus_port) from a Prometheus server, live or after the run.",
         epilog="Examples\n  pitdist comm-report --sp 2\n  pitdist comm-report --sp 2,4 --zero 2 "
-        "--model.size tiny --model.heads 4 --data.dataset digits\n  pitdist comm-report --run runs/digits-...\n\n"
+        "--model.size tiny --model.heads 4 --data.dataset digits\n  pitdist comm-report --run runs/digits-...\n"
+        "  pitdist comm-report --prometheus http://127.0.0.1:9090 --run-id digits-...\n\n"
         "Other job settings: --SECTION.KEY VALUE as for `pitdist train`.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default=None, help=f"job TOML file (default: {DEFAULT_JOB} when it exists)")
     p.add_argument("--run", nargs="+", metavar="RUN_DIR", help="report finished runs instead of training")
+    p.add_argument("--prometheus", metavar="URL", help="report runs from this Prometheus instead (its HTTP API)")
+    p.add_argument("--run-id", nargs="+", metavar="RUN", help="with --prometheus: the runs (run directory names; "
+                   "default: every run within --lookback)")
+    p.add_argument("--lookback", default="1d", help="with --prometheus: how far back to look, e.g. 2h (default 1d)")
     p.add_argument("--dp", default="1", help="data-parallel groups Q (default 1)")
     p.add_argument("--sp", default="2", help="SP ranks P; a comma list sweeps them, e.g. 1,2,4 (default 2)")
+    p.add_argument("--ring", default="1", help="ring-attention ranks R of each P (Ulysses over P/R); a comma list "
+                   "compares schemes, e.g. --sp 4 --ring 1,2,4 = Ulysses, hybrid 2x2, ring (default 1)")
     p.add_argument("--zero", type=int, default=None, help="ZeRO stage 0, 1 or 2 (default: the job's)")
     p.add_argument("--variants", default="none,sincos,learned,learned-sharded",
                    help="comma list of none, sincos, learned, learned-sharded (default: all four)")
@@ -145,6 +161,15 @@ def _comm_report(args: argparse.Namespace, overrides: list[str]) -> int:
     from pitdist.distributed.parallel_dims import MeshError
     from pitdist.metrics import comm_sweep
 
+    if args.prometheus:
+        from pitdist.metrics.prometheus_query import PrometheusQueryError, live_report
+
+        try:
+            print(live_report(args.prometheus, args.run_id, args.lookback))
+        except PrometheusQueryError as exc:
+            print(f"pitdist comm-report: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     out_dir = Path(args.out) if args.out else comm_sweep.default_out_dir()
     try:
         if args.run:
@@ -159,9 +184,13 @@ def _comm_report(args: argparse.Namespace, overrides: list[str]) -> int:
                 raise ConfigError("--steps: must be >= 1")
             if args.zero is not None:
                 overrides += ["--parallel.zero_stage", str(args.zero)]
-            sizes = [(q, p) for q in _int_list("--dp", args.dp) for p in _int_list("--sp", args.sp)]
-            configs = [comm_sweep.variant_config(config_path, list(overrides), v, q, p, args.steps, out_dir)
-                       for q, p in sizes for v in variants]
+            rings = _int_list("--ring", args.ring)
+            sizes = [(q, p, r) for q in _int_list("--dp", args.dp) for p in _int_list("--sp", args.sp)
+                     for r in rings if p % r == 0]
+            if not sizes:
+                raise ConfigError(f"--ring {args.ring}: no ring size divides any --sp {args.sp}")
+            configs = [comm_sweep.variant_config(config_path, list(overrides), v, q, p, args.steps, out_dir, ring=r)
+                       for q, p, r in sizes for v in variants]
             print(f"pitdist comm-report: {len(configs)} runs of {args.steps} steps -> {out_dir}", flush=True)
             run_dirs = comm_sweep.run_sweep(configs)
         text, paths = comm_sweep.report(run_dirs, out_dir)
@@ -174,7 +203,7 @@ def _comm_report(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 # Benchmarks are modules of pitdist.bench, each with add_parser(subparsers) and main(args, overrides).
-BENCHMARKS = ("sp", "ledger", "data")
+BENCHMARKS = ("sp", "ledger", "data", "ring")
 
 
 def _bench_parser(sub) -> argparse.ArgumentParser:
@@ -201,7 +230,8 @@ def _comm_model_parser(sub) -> argparse.ArgumentParser:
         description="Print what each rank would send per step, by cause, for the PE variants, from the "
         "analytical model that `pitdist comm-report` checks against measurements. Use it to extrapolate "
         "to image sizes and meshes this machine cannot run.",
-        epilog="Example\n  pitdist comm-model --model.size base --image 224x224x3 --sp 4,12 --batch 1",
+        epilog="Examples\n  pitdist comm-model --model.size base --image 224x224x3 --sp 4,12 --batch 1\n"
+        "  pitdist comm-model --model.size base --image 512x512x3 --sp 4,16,64 --schemes",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--image", default="224x224x3", help="HxWxC of the images (default 224x224x3)")
@@ -211,11 +241,13 @@ def _comm_model_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--sp", default="4,12", help="SP sizes P, comma separated (default 4,12)")
     p.add_argument("--zero", type=int, default=0, choices=[0, 1, 2], help="ZeRO stage (default 0)")
     p.add_argument("--bytes", type=int, default=2, choices=[2, 4], help="bytes per element: 2 = bf16 (default), 4 = fp32")
+    p.add_argument("--schemes", action="store_true", help="compare Ulysses, ring attention and every Ulysses x ring "
+                   "hybrid at each P (attention bytes, and the total per PE variant) instead")
     return p
 
 
 def _comm_model(args: argparse.Namespace, overrides: list[str]) -> int:
-    from pitdist.metrics.comm_model import projection_table
+    from pitdist.metrics.comm_model import projection_table, scheme_table
     from pitdist.metrics.comm_sweep import VARIANTS
 
     try:
@@ -231,6 +263,10 @@ def _comm_model(args: argparse.Namespace, overrides: list[str]) -> int:
     except ConfigError as exc:
         print(f"pitdist comm-model: error: {exc}", file=sys.stderr)
         return 2
+    if args.schemes:
+        print(scheme_table(cfg.model, (h, w, c), args.classes, args.batch, args.dp, sps, args.zero, cfg.optim.grad_clip,
+                           variants, args.bytes))
+        return 0
     from pitdist.distributed.parallel_dims import MeshError, ParallelDims
 
     n = (h // cfg.model.patch_size) * (w // cfg.model.patch_size)

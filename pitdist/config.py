@@ -91,8 +91,16 @@ class DataConfig:
     dataset: str = "digits"
     val_fraction: float = 0.2
     shuffle: bool = True
+    # How batches reach the ranks. "memory": every rank memory-maps the dataset and takes its batch by
+    # index (pitdist.data.sharding). "ray_data": Ray Data streams the rows, Ray Train gives each worker
+    # an equal share, and each SP group all-gathers its members' shares (pitdist.train.batches).
+    # "auto": ray_data under the Ray launcher, memory otherwise.
+    loader: Literal["auto", "memory", "ray_data"] = "auto"
+    # ray_data: rows in each worker's local shuffle buffer (reseeded every epoch).
+    shuffle_buffer: int = 1024
 
     def __post_init__(self) -> None:
+        _require(self.shuffle_buffer >= 1, "data.shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
         _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         _require(bool(self.dataset), "data.dataset", "must name 'digits' or a dataset directory")
 
@@ -100,17 +108,36 @@ class DataConfig:
 @dataclass
 class ParallelConfig:
     dp: int = 1  # Q: data-parallel groups
-    sp: int = 1  # P: ranks that split one image's tokens (DeepSpeed Ulysses)
+    sp: int = 0  # P: ranks that split one image's tokens = ulysses x ring
+    # How an SP group splits attention: DeepSpeed Ulysses over `ulysses` ranks (must divide the heads)
+    # times ring attention over `ring` ranks. Any two of sp, ulysses, ring fix the third (0 = derived);
+    # sp alone means pure Ulysses (ring 1).
+    ulysses: int = 0
+    ring: int = 0
     zero_stage: int = 0
-    launcher: Literal["single", "local", "ray"] = "single"
-    # Ray launcher: the cluster to attach to ("" = start an embedded local cluster).
+    # "ray": Ray Train workers; "local": one spawned process per rank, no Ray; "single": this process.
+    launcher: Literal["single", "local", "ray"] = "ray"
+    # Ray launcher: the cluster to attach to ("" = the Ray job's cluster, else an embedded local one).
     ray_address: str = ""
     # "auto" picks nccl when CUDA is available, else gloo.
     backend: Literal["auto", "gloo", "nccl"] = "auto"
 
     def __post_init__(self) -> None:
         _require(self.dp >= 1, "parallel.dp", f"must be >= 1, got {self.dp}")
-        _require(self.sp >= 1, "parallel.sp", f"must be >= 1, got {self.sp}")
+        for name in ("sp", "ulysses", "ring"):
+            value = getattr(self, name)
+            _require(value >= 0, f"parallel.{name}", f"must be >= 1 (or 0: from the other two of sp, ulysses, ring), got {value}")
+        if not self.sp:
+            self.sp = (self.ulysses or 1) * (self.ring or 1)
+        _require(not self.ulysses or self.sp % self.ulysses == 0, "parallel.ulysses",
+                 f"{self.ulysses} does not divide parallel.sp = {self.sp} (sp = ulysses x ring)")
+        if not self.ring:
+            self.ring = self.sp // self.ulysses if self.ulysses else 1
+        _require(self.sp % self.ring == 0, "parallel.ring",
+                 f"{self.ring} does not divide parallel.sp = {self.sp} (sp = ulysses x ring)")
+        self.ulysses = self.ulysses or self.sp // self.ring
+        _require(self.ulysses * self.ring == self.sp, "parallel.sp",
+                 f"{self.sp} != parallel.ulysses x parallel.ring = {self.ulysses} x {self.ring}; set two of the three")
         _require(self.zero_stage in (0, 1, 2), "parallel.zero_stage", f"must be 0, 1 or 2, got {self.zero_stage}")
         _require(
             self.launcher != "single" or self.world_size == 1,
@@ -162,8 +189,18 @@ class TrainConfig:
     # Continue from a checkpoints directory of an earlier run (its latest tag, or resume_tag).
     resume: str = ""
     resume_tag: str = ""
+    # Ray launcher: restarts of the worker group after a worker or node dies, each from the latest
+    # checkpoint (from scratch without checkpoints).
+    max_failures: int = 2
+    # Ray launcher: where Ray Train keeps checkpoints (a shared filesystem or bucket URI on a multi-node
+    # cluster; "" = <output_dir>/ray on this machine).
+    storage_path: str = ""
+    # Ray launcher: registered checkpoints kept in storage_path, the newest first (0 = all).
+    keep_checkpoints: int = 3
 
     def __post_init__(self) -> None:
+        _require(self.keep_checkpoints >= 0, "train.keep_checkpoints", f"must be >= 0 (0 = all), got {self.keep_checkpoints}")
+        _require(self.max_failures >= -1, "train.max_failures", f"must be >= 0 (or -1 = forever), got {self.max_failures}")
         _require(self.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
         _require(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
         _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
@@ -179,6 +216,24 @@ class MetricsConfig:
     # Also count collectives with DeepSpeed's comms logger and a c10d dispatch counter, to check
     # the ledger against (slower: the comms logger synchronises after every call).
     crosscheck: bool = False
+    # Serve each rank's metrics to Prometheus at prometheus_host:(prometheus_port + rank); 0 = off
+    # (pitdist.metrics.prometheus). Bind 0.0.0.0 for a Prometheus on another machine.
+    prometheus_port: int = 0
+    prometheus_host: str = "127.0.0.1"
+    # A directory Prometheus' file_sd_configs watches: each rank writes its target there while it
+    # serves ("" = none; use an absolute path under Ray, whose workers run in their own directory).
+    prometheus_sd_dir: str = ""
+    # Wait at most this long for Prometheus: for a first scrape before the first step (so rates cover
+    # the whole run) and, at the end, for a scrape of the final values.
+    prometheus_linger_s: float = 30.0
+    # Peak dense TFLOP/s of one device, for MFU; 0 = known GPUs' bf16 peak, no MFU on CPU.
+    peak_tflops: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.prometheus_port <= 65535, "metrics.prometheus_port",
+                 f"must be a TCP port (rank r serves at port + r) or 0 = off, got {self.prometheus_port}")
+        _require(self.prometheus_linger_s >= 0, "metrics.prometheus_linger_s", f"must be >= 0, got {self.prometheus_linger_s}")
+        _require(self.peak_tflops >= 0, "metrics.peak_tflops", f"must be >= 0 (0 = look up), got {self.peak_tflops}")
 
 
 @dataclass
@@ -199,6 +254,26 @@ class JobConfig:
             f"{self.train.batch_size} images cannot be split evenly over parallel.dp = {q} groups; "
             f"use a multiple of {q}",
         )
+        _require(
+            self.data.loader != "ray_data" or self.parallel.launcher == "ray",
+            "data.loader",
+            f"'ray_data' feeds Ray Train workers; launcher '{self.parallel.launcher}' needs 'memory' "
+            "(or use --launcher ray)",
+        )
+        world = self.parallel.world_size
+        _require(
+            self.data_loader != "ray_data" or self.train.batch_size % world == 0,
+            "train.batch_size",
+            f"the ray_data loader gives each of the dp * sp = {world} workers an equal share of a batch; "
+            f"{self.train.batch_size} is not a multiple of {world} (or use --data.loader memory)",
+        )
+
+    @property
+    def data_loader(self) -> str:
+        """The loader in effect: "auto" resolved against the launcher."""
+        if self.data.loader != "auto":
+            return self.data.loader
+        return "ray_data" if self.parallel.launcher == "ray" else "memory"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

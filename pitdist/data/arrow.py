@@ -53,6 +53,14 @@ def arrow_schema(shape: tuple[int, int, int], class_names: list[str], source: st
                      metadata={f"{_PREFIX}{k}": v for k, v in meta.items()})
 
 
+def pixel_batch(ids: np.ndarray, labels: np.ndarray, pixels: np.ndarray, schema: pa.Schema) -> pa.RecordBatch:
+    """A record batch of images (uint8 [k, H, W, C]) whose pixel column wraps their bytes without a copy."""
+    pixels = np.ascontiguousarray(pixels)
+    column = pa.FixedSizeBinaryArray.from_buffers(schema.field("pixels").type, len(pixels),
+                                                  [None, pa.py_buffer(pixels.reshape(-1))])
+    return pa.record_batch([pa.array(ids, pa.int64()), pa.array(labels, pa.int64()), column], schema=schema)
+
+
 def is_arrow_dataset(path: str | os.PathLike) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
@@ -111,17 +119,13 @@ class DatasetWriter:
                             f"uint8 {self.shape}")
         labels = np.asarray(labels, dtype=np.int64)
         ids = np.arange(self.num_rows, self.num_rows + len(labels), dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
-        width = int(np.prod(self.shape))
         start = 0
         while start < len(labels):
             if self._writer is None:
                 self._open_shard()
             take = min(len(labels) - start, self.rows_per_shard - self._rows_in_shard)
             part = slice(start, start + take)
-            pix = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), take,
-                                                       [None, pa.py_buffer(pixels[part].reshape(-1))])
-            self._writer.write_batch(pa.record_batch([pa.array(ids[part]), pa.array(labels[part]), pix],
-                                                     schema=self.schema))
+            self._writer.write_batch(pixel_batch(ids[part], labels[part], pixels[part], self.schema))
             self._rows_in_shard += take
             self.num_rows += take
             start += take

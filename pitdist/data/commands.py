@@ -1,4 +1,4 @@
-"""`pitdist data convert` and `pitdist data inspect`."""
+"""`pitdist data convert`, `pitdist data inspect` and `pitdist data audit`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ Examples
   pitdist data convert digits --out data/digits
   pitdist data convert fashion-mnist --split all --out data/fashion-mnist
   pitdist data inspect data/fashion-mnist --grid fmnist.png
+  pitdist data audit runs/digits-20261125-120000-4242
   pitdist train --data.dataset data/digits --sp 2
 """
 
@@ -46,7 +47,31 @@ def add_parser(sub) -> argparse.ArgumentParser:
     i.add_argument("dataset", help="a directory written by `pitdist data convert`")
     i.add_argument("--grid", default=None, help="PNG file for a grid of the first images (default: none)")
     i.add_argument("--count", type=int, default=16, help="images in the grid (default 16)")
+    a = subs.add_parser("audit", help="check a run's data ledger: no image skipped or repeated",
+                        description="Read a finished run's data/rank*.jsonl (the ids each rank trained on per "
+                        "step) and check that SP ranks agreed, DP groups were disjoint, no image was trained "
+                        "twice in an epoch, and steps replayed after a restore took the same images.")
+    a.add_argument("run", help="a run directory (runs/<name>-<time>-<pid>)")
     return p
+
+
+def audit_run(run: str) -> int:
+    import json
+    from pathlib import Path
+
+    from pitdist.data.audit import audit
+
+    config_file = Path(run) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{run} has no config.json: not a finished pitdist run directory")
+    config = json.loads(config_file.read_text())["parallel"]
+    report = audit(run, config["dp"], config["sp"])
+    print(f"{run}: {report.steps} steps, {report.replayed_steps} replayed after a restore; distinct images "
+          "per epoch: " + ", ".join(f"{e}: {n}" for e, n in report.images_per_epoch.items()))
+    for problem in report.problems:
+        print(f"  problem: {problem}", file=sys.stderr)
+    print("ok" if report.ok else f"{len(report.problems)} problems")
+    return 0 if report.ok else 1
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -65,8 +90,13 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
                                progress=not args.no_progress)
             print(f"wrote {out}: {source.num_rows} images of {'x'.join(map(str, source.shape))}, "
                   f"{len(source.class_names)} classes, from {source.description}")
+        elif args.data_command == "audit":
+            return audit_run(args.run)
         else:
             print(conv.inspect(args.dataset, args.grid, args.count))
+    except FileNotFoundError as exc:
+        print(f"pitdist data {args.data_command}: error: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:  # DataError included
         print(f"pitdist data {args.data_command}: error: {exc}", file=sys.stderr)
         return 2

@@ -7,8 +7,9 @@ worker (Ray has no Arrow IPC reader, so the shard paths are the source and a map
 arrays plus ids and labels by viewing the fixed_size_binary buffer: no per-row Python. (numpy batches
 would hold fixed_size_binary as an object array of bytes, and ``iter_torch_batches`` rejects it.)
 
-Splitting between workers is the caller's: e.g. ``streaming_split(Q * P, equal=True)`` and an
-all-gather inside each SP group (DESIGN.md section 7), which drops up to Q*P - 1 rows per epoch.
+``training_rows`` is what the Ray launcher hands to Ray Train: the training split of any pitdist
+dataset (the bundled digits and synthetic images too, from memory). Ray Train splits it between the
+workers and pitdist.train.batches.StreamedBatches gathers each SP group's share.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from pitdist.data.arrow import open_arrow_dataset, open_shard, table_to_numpy
+from pitdist.data.arrow import arrow_schema, is_arrow_dataset, open_arrow_dataset, open_shard, pixel_batch, table_to_numpy
+from pitdist.data.dataset import PixelDataset
 
 
 def _read_shards(batch: pa.Table) -> pa.Table:
@@ -40,6 +42,32 @@ def ray_dataset(path: str | os.PathLike, *, preserve_order: bool = True):
     items = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
     rows = items.map_batches(_read_shards, batch_size=1, batch_format="pyarrow", zero_copy_batch=True)
     return rows, ds.shape, ds.class_names
+
+
+def _keep_ids(batch: pa.Table, ids: pa.Array) -> pa.Table:
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.is_in(batch.column("id"), value_set=ids))
+
+
+def training_rows(train: PixelDataset, source: str):
+    """(ray.data.Dataset, row count) of the training split ``train`` of dataset ``source``.
+
+    A dataset directory streams from its shards (read on the cluster, filtered to the split's ids);
+    anything else (digits, synthetic) is already in the driver's memory and goes in as one Arrow table.
+    """
+    import ray
+
+    if is_arrow_dataset(source):
+        rows, _, _ = ray_dataset(source)
+        rows = rows.map_batches(_keep_ids, fn_kwargs={"ids": pa.array(train.ids)}, batch_format="pyarrow",
+                                zero_copy_batch=True)
+    else:
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
+        schema = arrow_schema(train.image_shape, train.class_names, source)
+        rows = ray.data.from_arrow(pa.Table.from_batches(
+            [pixel_batch(train.ids, train.labels, np.asarray(train.pixels), schema)]))
+    return rows, len(train)
 
 
 def iter_pixel_batches(source, shape: tuple[int, int, int], batch_size: int, **iter_kwargs

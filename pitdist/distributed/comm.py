@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from datetime import timedelta
 
 import torch
 from deepspeed import comm as dist
 
-from pitdist.distributed.ledger import tag
+from pitdist.distributed.ledger import record_wait, tag
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -88,6 +89,46 @@ def all_gather_cat(tensor: torch.Tensor, group, *, category: str) -> torch.Tenso
     with tag(category):
         dist.all_gather_into_tensor(out, tensor.contiguous(), group=group)
     return out
+
+
+class RingShift:
+    """A ring exchange in flight (see ``ring_shift``); ``wait()`` returns what the previous rank sent."""
+
+    def __init__(self, works: list, sent: torch.Tensor, received: torch.Tensor, group, category: str):
+        # ``sent`` is held until the send completes: the backend reads it asynchronously.
+        self._works, self._sent, self._received = works, sent, received
+        self._group, self._category = group, category
+
+    def wait(self) -> torch.Tensor:
+        start = time.perf_counter()
+        for work in self._works:
+            work.wait()
+        with tag(self._category):
+            record_wait("irecv", self._group, time.perf_counter() - start)
+        self._works, self._sent = [], None
+        return self._received
+
+
+def ring_shift(tensor: torch.Tensor, group, *, category: str) -> RingShift:
+    """Start sending ``tensor`` to the next rank of ``group`` and receiving the previous rank's tensor of
+    the same shape; returns at once, so the caller computes while the bytes travel.
+
+    Plain isend/irecv (what batch_isend_irecv itself does on gloo, which cannot coalesce), so the ledger,
+    DeepSpeed's comms logger and the c10d counter all see one send and one receive. Even ranks post the
+    send first and odd ranks the receive: a backend that runs a pair's point-to-point ops in order on
+    one stream (NCCL) then never has both ends of a pair sending first.
+    """
+    world, me = dist.get_world_size(group=group), dist.get_rank(group=group)
+    nxt = dist.get_global_rank(group, (me + 1) % world)
+    prev = dist.get_global_rank(group, (me - 1) % world)
+    tensor = tensor.contiguous()
+    received = torch.empty_like(tensor)
+    with tag(category):
+        if me % 2 == 0:
+            works = [dist.isend(tensor, nxt, group=group), dist.irecv(received, prev, group=group)]
+        else:
+            works = [dist.irecv(received, prev, group=group), dist.isend(tensor, nxt, group=group)]
+    return RingShift(works, tensor, received, group, category)
 
 
 def destroy_process_group() -> None:

@@ -13,8 +13,11 @@ comms logger calls the message size) and what LEAVES this rank under a stated al
     reduce_scatter     n bytes                sent n*(W-1)/W    (ring)
     broadcast, reduce  n bytes                sent n*(W-1)/W    (pipelined chain, averaged over ranks)
 
+Point-to-point calls (ring attention's isend/irecv) are recorded as issued; the time their caller then
+waits for them is added to the same record by ``record_wait``.
+
 The cause (category) is set by whoever knows it: pitdist tags its own calls (pooling, metrics, eval,
-pe_grad_reduce); calls DeepSpeed makes are classified by operation and training phase (see
+pe_grad_reduce, attention_ring); calls DeepSpeed makes are classified by operation and training phase (see
 ``_classify``). The trainer marks phases (forward / backward / optimizer) and steps; block hooks mark
 the layer. The replicated learned PE table's gradient travels inside DeepSpeed's flat gradient
 buckets; ``summary`` attributes to it the share of gradient bytes equal to its share of gradient
@@ -128,6 +131,9 @@ class CommLedger:
         self._category: list[str] = []
         self._groups: dict[int, tuple[str, int]] = {}
         self.records: dict[tuple, Totals] = defaultdict(Totals)
+        # Running totals by (phase, category, op) over all steps: what live exporters read each step
+        # (pitdist.metrics.prometheus) without rescanning the per-step records.
+        self.cumulative: dict[tuple[str, str, str], Totals] = defaultdict(Totals)
         self._backend = None
         self._sync_cuda = torch.cuda.is_available()
 
@@ -175,11 +181,14 @@ class CommLedger:
             info = (f"group{dist.get_world_size(group=group)}", dist.get_world_size(group=group))
         return info
 
-    def record(self, op: str, handed: int, group, seconds: float) -> None:
+    def record(self, op: str, handed: int, group, seconds: float, count: int = 1) -> None:
+        """One call (``count`` 0: only time, e.g. waiting for an isend/irecv issued earlier)."""
         group_name, world = self._group_info(group)
         category = self._category[-1] if self._category else _classify(op, self.phase, handed, group_name)
-        key = (self.step, self.phase, category, op, group_name, self.layer if category == "attention_a2a" else None)
-        self.records[key].add(Totals(1, handed, sent_bytes(op, handed, world), seconds))
+        key = (self.step, self.phase, category, op, group_name, self.layer if category in LAYER_CATEGORIES else None)
+        totals = Totals(count, handed, sent_bytes(op, handed, world), seconds)
+        self.records[key].add(totals)
+        self.cumulative[(self.phase, category, op)].add(totals)
 
     def _wrap(self, op: str, method):
         params, handed_arg = _BACKEND_OPS[op]
@@ -236,8 +245,11 @@ class CommLedger:
         return out
 
 
+# Categories whose records say which transformer block they belong to.
+LAYER_CATEGORIES = ("attention_a2a", "attention_ring")
+
 # The phases of a training step; init, eval and checkpoint traffic are not per-step.
-STEP_PHASES = ("forward", "backward", "optimizer", "metrics")
+STEP_PHASES = ("data", "forward", "backward", "optimizer", "metrics")
 
 # The ledger recording this process, if any: the backend it patches is process-wide too.
 _installed: CommLedger | None = None
@@ -251,6 +263,13 @@ def tag(category: str) -> Iterator[None]:
     else:
         with _installed.category(category):
             yield
+
+
+def record_wait(op: str, group, seconds: float) -> None:
+    """Add the seconds spent waiting for asynchronous ``op`` calls (isend/irecv, recorded when they
+    were issued, under the same category) to their record, without counting a call."""
+    if _installed is not None:
+        _installed.record(op, 0, group, seconds, count=0)
 
 
 def per_step_totals(rows: list[dict], by: tuple[str, ...] = ("category",)) -> dict[tuple, Totals]:

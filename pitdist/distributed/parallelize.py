@@ -1,8 +1,11 @@
 """Apply sequence parallelism to a plain PiT, in one place.
 
 Three swaps, nothing else in the model changes:
-  * each block's inner attention -> DeepSpeed Ulysses (all-to-all tokens->heads, attention over all N
-    tokens for h/P heads, all-to-all back);
+  * each block's inner attention -> the mesh's sequence-parallel attention: DeepSpeed Ulysses
+    (all-to-all tokens->heads, attention over all N tokens for h/P heads, all-to-all back), ring
+    attention (K/V blocks passed around the P ranks, pitdist.distributed.ring_attention), or both:
+    Ulysses over a subgroup of U ranks, whose attention over its N/R tokens for h/U heads is a ring
+    across the R subgroups (parallel_dims explains the layout);
   * the mean pool -> a sum over local tokens, all-reduced over the SP group, divided by the global N;
   * optionally, a learned position table -> this rank's rows only (``model.shard_pos_embed``),
     reduced over the DP group only (pitdist.distributed.sharded_pe).
@@ -18,6 +21,7 @@ from torch import nn
 from pitdist.config import ModelConfig
 from pitdist.distributed import comm, sharded_pe
 from pitdist.distributed.parallel_dims import Mesh
+from pitdist.distributed.ring_attention import RingAttention
 from pitdist.models.pit import PiT
 from pitdist.models.pos_embed import LearnedPosEmbed
 
@@ -55,7 +59,12 @@ def parallelize(model: PiT, mesh: Mesh, cfg: ModelConfig) -> PiT:
     if mesh.sp == 1:
         return model
     for block in model.blocks:
-        block.attn.inner_attention = UlyssesAttention(block.attn.inner_attention, mesh.sp_group)
+        inner = block.attn.inner_attention
+        if mesh.ring > 1:
+            inner = RingAttention(mesh.ring_group)
+        if mesh.ulysses > 1:
+            inner = UlyssesAttention(inner, mesh.ulysses_group)
+        block.attn.inner_attention = inner
     model.pool = SequenceParallelMeanPool(mesh.sp_group, model.num_tokens)
     if cfg.shard_pos_embed:
         lo, hi = mesh.token_range(model.num_tokens)

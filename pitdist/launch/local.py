@@ -37,7 +37,7 @@ def run_rank(rank: int, cfg_dict: dict, port: int, run_dir: str, results=None) -
     backend = comm.pick_backend(cfg.parallel.backend)
     try:
         comm.init_process_group(rank, world, backend, "127.0.0.1", port)
-        mesh = Mesh(ParallelDims(cfg.parallel.dp, cfg.parallel.sp))
+        mesh = Mesh(ParallelDims.from_config(cfg.parallel))
         result = train(cfg, mesh, resolve_device(cfg.train.device, rank), Path(run_dir))
         comm.barrier()
     except BaseException:

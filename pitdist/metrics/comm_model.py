@@ -1,12 +1,17 @@
 """Analytical model of what one rank communicates per training step (DESIGN.md section 5).
 
 Notation: b images per SP group per step, N tokens per image, D width, L layers, P SP ranks, Q DP
-ranks, W = Q*P, e bytes per element. Every category gives the bytes a collective is HANDED (the
+ranks, W = Q*P, e bytes per element; P = U x R when Ulysses runs over U ranks and ring attention over R. Every category gives the bytes a collective is HANDED (the
 tensor passed to it) and the bytes that LEAVE the rank under the algorithm named in
 pitdist.distributed.ledger (ring all-reduce 2n(W-1)/W, all-gather s(W-1), all-to-all n(W-1)/W).
 
     attention_a2a     8 per layer (q, k, v, out; forward and backward), each a [b, N/P, D] shard:
-                      handed 8*L*b*N*D*e/P, sent that * (P-1)/P. Same for every PE variant.
+                      handed 8*L*b*N*D*e/P, sent that * (U-1)/U (U = P for plain Ulysses).
+                      Same for every PE variant.
+    attention_ring    ring attention over R ranks (U = 1: plain ring; U > 1: after Ulysses). One
+                      message is a K+V block, N/R tokens x D/U channels: m = 2*b*N*D*e/P. Per layer
+                      forward R-1 hops, backward R-1 hops of K+V and R of the dK+dV accumulators:
+                      3R-2 isends of m (sent) and as many irecvs of m (handed, nothing sent).
     pooling           sum all-reduce of [b, D] over the SP group, forward and backward.
     grad_reduce       DeepSpeed 0.19 all-reduces every gradient over the W ranks of the
                       sequence-data-parallel group in one bucket (ZeRO 0, 1 and 2 alike).
@@ -75,8 +80,14 @@ def step_traffic(
     zero_stage: int,
     grad_clip: float,
     bytes_per_element: int = 4,
+    streamed_data: bool = False,
+    ring: int = 1,
 ) -> dict[str, Traffic]:
-    """Per-rank, per-step traffic by category. ``batch_size`` is the global batch (b = batch / Q)."""
+    """Per-rank, per-step traffic by category. ``batch_size`` is the global batch (b = batch / Q).
+
+    ``streamed_data``: the Ray Data loader, whose SP group all-gathers each worker's b/P images
+    (uint8 pixels, then id and label as two int64) so that every SP rank holds the group's batch.
+    """
     h, w, c = image_shape
     p_, q, e = sp, dp, bytes_per_element
     world = p_ * q
@@ -88,8 +99,13 @@ def step_traffic(
     out: dict[str, Traffic] = {}
 
     if p_ > 1:
-        a2a = 8 * layers * b * n * d * e / p_
-        out["attention_a2a"] = Traffic(8 * layers, a2a, a2a * (p_ - 1) / p_)
+        u = p_ // ring
+        if u > 1:
+            a2a = 8 * layers * b * n * d * e / p_
+            out["attention_a2a"] = Traffic(8 * layers, a2a, a2a * (u - 1) / u)
+        if ring > 1:
+            block, hops = 2 * b * n * d * e / p_, 3 * ring - 2
+            out["attention_ring"] = Traffic(2 * hops * layers, 2 * hops * layers * block, hops * layers * block)
         pool = 2 * b * d * e
         out["pooling"] = Traffic(2, pool, 2 * pool * (p_ - 1) / p_)
 
@@ -123,6 +139,9 @@ def step_traffic(
         out["grad_norm"] = Traffic(2, 8, _ring_allreduce(4, p_) + _ring_allreduce(4, world))
 
     out["metrics"] = Traffic(1, 4, _ring_allreduce(4, q))
+    if streamed_data and p_ > 1:
+        handed = (b // p_) * (h * w * c + 16)
+        out["data"] = Traffic(2, handed, handed * (p_ - 1))
     return out
 
 
@@ -131,9 +150,13 @@ def _zero_partition(elements: int, ranks: int) -> int:
     return -(-elements // (2 * ranks)) * 2 * ranks // ranks
 
 
-def job_traffic(cfg: JobConfig, image_shape: tuple[int, int, int], num_classes: int) -> dict[str, Traffic]:
+def job_traffic(cfg: JobConfig, image_shape: tuple[int, int, int], num_classes: int,
+                streamed_data: bool | None = None) -> dict[str, Traffic]:
+    """The job's per-step traffic; ``streamed_data`` defaults to what the job's loader setting implies."""
+    streamed = cfg.data_loader == "ray_data" if streamed_data is None else streamed_data
     return step_traffic(cfg.model, image_shape, num_classes, cfg.train.batch_size, cfg.parallel.dp,
-                        cfg.parallel.sp, cfg.parallel.zero_stage, cfg.optim.grad_clip)
+                        cfg.parallel.sp, cfg.parallel.zero_stage, cfg.optim.grad_clip, streamed_data=streamed,
+                        ring=cfg.parallel.ring)
 
 
 def projection_table(model: ModelConfig, image_shape: tuple[int, int, int], num_classes: int, batch: int,
@@ -164,4 +187,65 @@ def projection_table(model: ModelConfig, image_shape: tuple[int, int, int], num_
 
             lines.append(f"{sp:>4} {name:<16}{cell(a2a):>22}{cell(pe):>22}{cell(rest):>22}"
                          f"{(pe / total if total else 0):>9.1%}")
+    return "\n".join(lines)
+
+
+def scheme_name(sp: int, ring: int = 1) -> str:
+    """How P SP ranks split attention: 'ulysses 4', 'ring 4', 'ulysses 2 x ring 2'."""
+    if sp == 1:
+        return "none"
+    if ring == 1:
+        return f"ulysses {sp}"
+    return f"ring {ring}" if ring == sp else f"ulysses {sp // ring} x ring {ring}"
+
+
+def attention_sent(traffic: dict[str, Traffic]) -> float:
+    """Bytes the attention layers send: Ulysses all-to-alls plus ring hops."""
+    return sum(traffic[c].sent for c in ("attention_a2a", "attention_ring") if c in traffic)
+
+
+def scheme_table(model: ModelConfig, image_shape: tuple[int, int, int], num_classes: int, batch: int, dp: int,
+                 sps: list[int], zero_stage: int, grad_clip: float, variants: dict[str, ModelConfig],
+                 bytes_per_element: int = 2) -> str:
+    """Ulysses, ring and their hybrids side by side, per rank per step.
+
+    For each P, every (ulysses U, ring R) split pitdist can run (U divides the heads, P the tokens):
+    the bytes attention sends and the total each PE variant sends, also in units of N*D*e. Ulysses
+    sends 8bND e (U-1)/(U P) per layer, falling with P; a ring sends (3R-2) 2bND e / P, which tends to
+    6bND e: the ring costs more bytes than Ulysses at every P > 1 and buys the freedom to pass the
+    head count, and its hops overlap the block computations.
+    """
+    from pitdist.distributed.parallel_dims import valid_factorisations
+
+    h, w, _ = image_shape
+    n = (h // model.patch_size) * (w // model.patch_size)
+    unit = n * model.width * bytes_per_element
+
+    def cell(x: float) -> str:
+        return f"{x / 1e9:8.3f} GB ({x / unit:5.2f})" if x >= 1e8 else f"{x / 1e6:8.3f} MB ({x / unit:5.2f})"
+
+    lines = [f"Ulysses vs ring vs hybrid: {model.size} (D={model.width}, L={model.num_layers}, heads={model.num_heads}) "
+             f"on {h}x{w} images (N={n} tokens), global batch {batch}, dp={dp}, ZeRO {zero_stage}, "
+             f"{bytes_per_element}-byte elements; bytes sent per rank per step (in units of N*D*e)",
+             f"{'P':>4}  {'scheme':<22}{'attention':>22}{'vs fewest':>11}"
+             + "".join(f"{'total ' + name:>24}" for name in variants)]
+    for sp in sps:
+        pairs = valid_factorisations(sp, model.num_heads, n)
+        if not pairs:
+            lines.append(f"{sp:>4}  P does not divide the {n} tokens: no scheme can split them evenly")
+            continue
+        rows = []
+        for u, r in pairs:
+            totals = []
+            for variant in variants.values():
+                t = step_traffic(variant, image_shape, num_classes, batch, dp, sp, zero_stage, grad_clip,
+                                 bytes_per_element, ring=r)
+                totals.append(sum(v.sent for v in t.values()))
+            rows.append((r, attention_sent(t), totals))
+        fewest = min(attn for _, attn, _ in rows)
+        for r, attn, totals in rows:
+            lines.append(f"{sp:>4}  {scheme_name(sp, r):<22}{cell(attn):>22}{attn / fewest:10.2f}x"
+                         + "".join(f"{cell(x):>24}" for x in totals))
+        if all(r > 1 for r, _, _ in rows):
+            lines.append(f"{'':>4}  (Ulysses alone cannot run P = {sp}: it does not divide the {model.num_heads} heads)")
     return "\n".join(lines)

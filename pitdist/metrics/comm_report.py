@@ -16,10 +16,10 @@ from pathlib import Path
 
 from pitdist.config import config_from_dict
 from pitdist.distributed.ledger import Totals, per_step_totals
-from pitdist.metrics.comm_model import job_traffic
+from pitdist.metrics.comm_model import job_traffic, scheme_name
 from pitdist.metrics.crosscheck import ledger_totals
 
-CATEGORY_ORDER = ["attention_a2a", "pooling", "grad_reduce", "pe_grad_reduce", "zero_param_gather", "grad_norm",
+CATEGORY_ORDER = ["attention_a2a", "attention_ring", "pooling", "grad_reduce", "pe_grad_reduce", "zero_param_gather", "grad_norm",
                   "metrics", "data"]
 
 
@@ -81,7 +81,8 @@ def summarize(run: dict) -> dict:
     """Per-category rows for every rank of a run, and the model's numbers."""
     cfg = config_from_dict(run["config"])
     first = run["ranks"][0]
-    model = job_traffic(cfg, tuple(first["image_shape"]), first["num_classes"])
+    model = job_traffic(cfg, tuple(first["image_shape"]), first["num_classes"],
+                        streamed_data=first.get("data_loader") == "ray_data")
     per_rank = []
     for record in run["ranks"]:
         totals = per_step_totals(record["rows"], ("category",))
@@ -94,6 +95,7 @@ def summarize(run: dict) -> dict:
                                     m.handed if m else None, m.sent if m else None))
         per_rank.append(rows)
     return {"variant": variant_name(run["config"]["model"]), "dp": cfg.parallel.dp, "sp": cfg.parallel.sp,
+            "ring": cfg.parallel.ring, "scheme": scheme_name(cfg.parallel.sp, cfg.parallel.ring),
             "zero_stage": cfg.parallel.zero_stage, "batch_size": cfg.train.batch_size, "run_dir": run["dir"],
             "rows": per_rank}
 
@@ -133,7 +135,8 @@ def format_summary(summary: dict, baseline: dict | None = None) -> str:
     """The table for rank 0 of one run (ranks are symmetric; the JSON has all of them)."""
     rows = summary["rows"][0]
     base = {r.category: r.sent for r in baseline["rows"][0]} if baseline else None
-    head = (f"{summary['variant']}: dp={summary['dp']} sp={summary['sp']} zero={summary['zero_stage']} "
+    scheme = summary.get("scheme", scheme_name(summary["sp"]))
+    head = (f"{summary['variant']}: dp={summary['dp']} sp={summary['sp']} ({scheme}) zero={summary['zero_stage']} "
             f"batch={summary['batch_size']}  (rank 0, per step; sent = bytes leaving the rank)")
     lines = [head, f"{'category':<18}{'calls':>6}{'handed':>13}{'sent':>13}{'model sent':>13}{'ratio':>7}"
                    f"{'seconds':>10}" + (f"{'vs none':>13}" if base else "")]
@@ -157,7 +160,8 @@ def to_records(summaries: list[dict]) -> list[dict]:
     for s in summaries:
         for rank, rows in enumerate(s["rows"]):
             for r in rows:
-                out.append({"variant": s["variant"], "dp": s["dp"], "sp": s["sp"], "zero_stage": s["zero_stage"],
+                out.append({"variant": s["variant"], "dp": s["dp"], "sp": s["sp"], "ring": s.get("ring", 1),
+                            "zero_stage": s["zero_stage"],
                             "batch_size": s["batch_size"], "rank": rank, "category": r.category, "calls": r.count,
                             "handed_bytes": r.handed, "sent_bytes": r.sent, "model_handed_bytes": r.model_handed,
                             "model_sent_bytes": r.model_sent, "ratio": r.ratio, "seconds": r.seconds})
@@ -185,7 +189,8 @@ def plot(summaries: list[dict], path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     # Left: bytes sent per category, one stacked bar per (variant, mesh).
-    labels = [f"{s['variant']}\nQ{s['dp']}xP{s['sp']} z{s['zero_stage']}" for s in summaries]
+    labels = [f"{s['variant']}\nQ{s['dp']}xP{s['sp']}{'' if s.get('ring', 1) == 1 else 'r' + str(s['ring'])} "
+              f"z{s['zero_stage']}" for s in summaries]
     categories = sorted({r.category for s in summaries for r in s["rows"][0]}, key=_category_key)
     bottom = [0.0] * len(summaries)
     for category in categories:
@@ -196,10 +201,14 @@ def plot(summaries: list[dict], path: Path) -> None:
     left.set_title("Bytes leaving rank 0, by cause")
     left.legend(fontsize=7)
     left.tick_params(axis="x", labelsize=7)
-    # Right: total bytes vs P, one line per variant (measured dots, model line).
-    for variant in dict.fromkeys(s["variant"] for s in summaries):
+    # Right: total bytes vs P, one line per variant and attention scheme (measured dots, model line).
+    def line_of(s):  # ring attention's share of the SP ranks: none (Ulysses), all (ring) or some (hybrid)
+        r = s.get("ring", 1)
+        return s["variant"] + ("" if r == 1 or s["sp"] == 1 else " ring" if r == s["sp"] else f" hybrid r{r}")
+
+    for variant in dict.fromkeys(line_of(s) for s in summaries):
         pts = sorted((s["sp"], sum(r.sent for r in s["rows"][0]), sum(r.model_sent or 0 for r in s["rows"][0]))
-                     for s in summaries if s["variant"] == variant)
+                     for s in summaries if line_of(s) == variant)
         (line,) = right.plot([p for p, _, _ in pts], [m / 1e6 for _, _, m in pts], "-", alpha=0.6)
         right.plot([p for p, _, _ in pts], [b / 1e6 for _, b, _ in pts], "o", color=line.get_color(), label=variant)
     right.set_xticks(sorted({s["sp"] for s in summaries}))

@@ -17,12 +17,15 @@ VARIANTS = {
 
 
 def variant_config(config: str | None, overrides: list[str], variant: str, dp: int, sp: int, steps: int,
-                   out_dir: Path) -> JobConfig:
+                   out_dir: Path, ring: int = 1) -> JobConfig:
+    """``ring`` > 1: the SP ranks run ring attention over ``ring`` of them (Ulysses over sp / ring)."""
     launcher = "single" if dp * sp == 1 else "local"
+    mesh = f"q{dp}p{sp}" + (f"r{ring}" if ring > 1 else "")
     return load_config(config, [
         *overrides, *VARIANTS[variant], "--parallel.dp", str(dp), "--parallel.sp", str(sp),
+        "--parallel.ring", str(ring), "--parallel.ulysses", str(sp // ring if sp % ring == 0 else 0),
         "--parallel.launcher", launcher, "--train.steps", str(steps), "--metrics.crosscheck", "true",
-        "--train.output_dir", str(out_dir / "runs"), "--name", f"comm-{variant}-q{dp}p{sp}",
+        "--train.output_dir", str(out_dir / "runs"), "--name", f"comm-{variant}-{mesh}",
         "--train.log_every", str(steps), "--train.evaluate", "false",
     ])
 
@@ -56,16 +59,22 @@ def crosscheck_verdict(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_blocks(summaries: list[dict], baseline_variant: str = "none") -> list[str]:
+    """One table per summary, each with its difference from the baseline variant at the same mesh."""
+    blocks = []
+    for s in summaries:
+        base = next((b for b in summaries if b["variant"] == baseline_variant and b["dp"] == s["dp"]
+                     and b["sp"] == s["sp"] and b.get("ring") == s.get("ring") and b["zero_stage"] == s["zero_stage"]
+                     and b["batch_size"] == s["batch_size"]), None)
+        blocks.append(format_summary(s, base if base is not s else None))
+    return blocks
+
+
 def report(run_dirs: list[str], out_dir: Path, baseline_variant: str = "none") -> tuple[str, list[Path]]:
     runs = [load_run(d) for d in run_dirs]
     summaries = [summarize(r) for r in runs]
     checks = [c for r in runs for c in crosscheck_table(r)]
-    blocks = []
-    for s in summaries:
-        base = next((b for b in summaries if b["variant"] == baseline_variant and b["dp"] == s["dp"]
-                     and b["sp"] == s["sp"] and b["zero_stage"] == s["zero_stage"]
-                     and b["batch_size"] == s["batch_size"]), None)
-        blocks.append(format_summary(s, base if base is not s else None))
+    blocks = format_blocks(summaries, baseline_variant)
     blocks.append(crosscheck_verdict(checks))
     paths = write_outputs(summaries, checks, out_dir)
     return "\n\n".join(blocks), paths

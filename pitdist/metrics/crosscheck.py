@@ -4,7 +4,8 @@
   the collective is handed). It is switched on through the engine config (``comms_logger``).
 * ``C10dCounter``, a TorchDispatchMode, records every op that reaches the c10d dispatcher, whoever
   called it (deepspeed.comm or torch.distributed directly), with the bytes of its input tensors.
-Both report {op: (count, handed bytes)}, with op names mapped onto DeepSpeed's backend names.
+Both report {op: (count, handed bytes)}, with op names mapped onto DeepSpeed's backend names; the
+non-blocking isend/irecv (ring attention) count as send/recv, the one c10d op each reaches.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ _C10D_OPS = {
     "scatter_": ("scatter", 1),
     "barrier": ("barrier", None),
 }
+
+
+# The dispatcher has one op per direction, blocking or not.
+_SAME_AT_C10D = {"isend": "send", "irecv": "recv"}
 
 
 class C10dCounter(TorchDispatchMode):
@@ -66,6 +71,7 @@ def comms_logger_totals() -> dict[str, list[int]]:
     out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for name, sizes in comms_logger.comms_dict.items():
         op = name.split(" | ")[0]
+        op = _SAME_AT_C10D.get(op, op)
         for msg_size, (count, *_rest) in sizes.items():
             out[op][0] += count
             out[op][1] += count * msg_size
@@ -76,6 +82,7 @@ def ledger_totals(rows: list[dict]) -> dict[str, list[int]]:
     """The ledger's rows folded the same way: {op: [count, handed bytes]}."""
     out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for r in rows:
-        out[r["op"]][0] += r["count"]
-        out[r["op"]][1] += r["handed_bytes"]
+        op = _SAME_AT_C10D.get(r["op"], r["op"])
+        out[op][0] += r["count"]
+        out[op][1] += r["handed_bytes"]
     return dict(out)

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pitdist.config import ConfigError, JobConfig
+from pitdist.config import JobConfig
+from pitdist.data.audit import IdLog
 from pitdist.data.dataset import PixelDataset, load_dataset
 from pitdist.data.sharding import BatchSchedule
 from pitdist.distributed import comm, sharded_pe
@@ -23,8 +24,11 @@ from pitdist.distributed.parallel_dims import Mesh, ParallelDims
 from pitdist.distributed.parallelize import consolidated_state_dict, is_sharded, parallelize
 from pitdist.metrics.crosscheck import C10dCounter, comms_logger_totals, reset_comms_logger
 from pitdist.metrics.flops import flops_per_image
-from pitdist.models.pit import build_model, pixels_to_tokens
+from pitdist.metrics.prometheus import metrics_exporter
+from pitdist.models.pit import build_model
 from pitdist.models.pos_embed import LearnedPosEmbed
+from pitdist.train.batches import LocalBatches, StreamedBatches
+from pitdist.train.checkpoint import Checkpoints, check_resume
 from pitdist.train.engine import build_engine, resolve_dtype
 
 
@@ -50,32 +54,9 @@ def split_dataset(cfg: JobConfig) -> tuple[PixelDataset, PixelDataset]:
 def validate_mesh(cfg: JobConfig, image_shape: tuple[int, int, int], world_size: int | None = None) -> None:
     h, w, _ = image_shape
     tokens = (h // cfg.model.patch_size) * (w // cfg.model.patch_size)
-    ParallelDims(cfg.parallel.dp, cfg.parallel.sp).validate(
+    ParallelDims.from_config(cfg.parallel).validate(
         heads=cfg.model.num_heads, num_tokens=tokens, world_size=world_size
     )
-
-
-class LocalBatches:
-    """This rank's slice of each step's batch: its DP group's images, its SP rank's tokens."""
-
-    def __init__(self, data: PixelDataset, schedule: BatchSchedule, mesh: Mesh, patch_size: int,
-                 device: torch.device, dtype: torch.dtype):
-        self.data, self.schedule, self.mesh = data, schedule, mesh
-        self.patch_size, self.device, self.dtype = patch_size, device, dtype
-        h, w, _ = data.image_shape
-        self.num_tokens = (h // patch_size) * (w // patch_size)
-        self.token_range = mesh.token_range(self.num_tokens)
-        self.positions = torch.arange(*self.token_range, device=device)
-
-    def tokens(self, index: np.ndarray, data: PixelDataset | None = None) -> torch.Tensor:
-        """This rank's tokens of images ``index`` of ``data`` (default: the training set)."""
-        pixels = torch.from_numpy((data or self.data).pixels[index])
-        return pixels_to_tokens(pixels, self.patch_size, self.token_range).to(self.device, self.dtype)
-
-    def __call__(self, step: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        index = self.schedule.dp_indices(step, self.mesh.dp_rank, self.mesh.dp)
-        labels = torch.from_numpy(self.data.labels[index]).to(self.device)
-        return self.data.ids[index], self.tokens(index), labels
 
 
 @torch.no_grad()
@@ -98,12 +79,14 @@ def evaluate(model: torch.nn.Module, batches: LocalBatches, data: PixelDataset, 
 class StepLog:
     """Rank 0's progress bar and metrics.jsonl: loss, images/s, tokens/s, achieved TFLOP/s."""
 
-    def __init__(self, cfg: JobConfig, run_dir: Path, enabled: bool, tokens_per_image: int, image_flops: float):
+    def __init__(self, cfg: JobConfig, run_dir: Path, enabled: bool, tokens_per_image: int, image_flops: float,
+                 first_step: int = 0):
         self.cfg, self.enabled = cfg, enabled
         self.tokens_per_image, self.image_flops = tokens_per_image, image_flops
-        self.file = (run_dir / "metrics.jsonl").open("w") if enabled else None
-        self.bar = tqdm(total=cfg.train.steps, desc=f"train {cfg.name}", disable=not enabled, dynamic_ncols=True,
-                        mininterval=0.1 if sys.stderr.isatty() else 5.0)
+        # A restored run continues the file (the steps it replays appear again, later).
+        self.file = (run_dir / "metrics.jsonl").open("a" if first_step else "w") if enabled else None
+        self.bar = tqdm(total=cfg.train.steps, initial=first_step, desc=f"train {cfg.name}", disable=not enabled,
+                        dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 5.0)
         self.window_start, self.window_steps = time.perf_counter(), 0
 
     def step(self, step: int, loss: float, lr: float) -> None:
@@ -127,17 +110,24 @@ class StepLog:
             self.file.close()
 
 
-def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path) -> RunResult:
-    """Train on this rank; every rank returns the same RunResult."""
+def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path, *,
+          checkpoints: Checkpoints | None = None, data_stream=None) -> RunResult:
+    """Train on this rank; every rank returns the same RunResult.
+
+    ``data_stream`` = (this worker's Ray Data shard, rows in the training split) selects the streamed
+    loader; ``checkpoints`` decides where checkpoints go (default: the run directory).
+    """
     train_data, val_data = split_dataset(cfg)
     validate_mesh(cfg, train_data.image_shape, world_size=mesh.world_size)
     dtype = resolve_dtype(cfg.train.dtype, device)
+    checkpoints = checkpoints or Checkpoints(cfg, run_dir)
 
     ledger = CommLedger(mesh.rank)
     if cfg.metrics.ledger:
         ledger.install()
         for name in ("sp", "dp", "sdp"):
             ledger.name_group(getattr(mesh, f"{name}_group"), name)
+    id_log = IdLog(run_dir, mesh.rank)
     try:
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = build_model(cfg.model, train_data.image_shape, train_data.num_classes)
@@ -148,11 +138,17 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path) -> Ru
             ledger.watch_layers(model.blocks)
         engine = build_engine(model, cfg, mesh, dtype)
 
-        schedule = BatchSchedule(len(train_data), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle)
-        batches = LocalBatches(train_data, schedule, mesh, cfg.model.patch_size, device, dtype)
+        if data_stream is None:
+            schedule = BatchSchedule(len(train_data), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle)
+            batches = LocalBatches(train_data, schedule, mesh, cfg.model.patch_size, device, dtype)
+        else:
+            shard, num_rows = data_stream
+            batches = StreamedBatches(shard, num_rows, train_data, cfg, mesh, device, dtype)
         image_flops = flops_per_image(cfg.model, batches.num_tokens, train_data.image_shape[2], train_data.num_classes)
-        log = StepLog(cfg, run_dir, mesh.rank == 0, batches.num_tokens, image_flops)
-        first_step, losses = resume(engine, cfg)
+        first_step, losses = checkpoints.restore(engine)
+        log = StepLog(cfg, run_dir, mesh.rank == 0, batches.num_tokens, image_flops, first_step)
+        exporter = metrics_exporter(cfg, mesh, run_dir.name, ledger, engine.module, device=device,
+                                    tokens_per_image=batches.num_tokens, image_flops=image_flops)
         with contextlib.ExitStack() as stack:
             counter = stack.enter_context(C10dCounter()) if cfg.metrics.crosscheck else None
             if counter is not None:
@@ -160,7 +156,11 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path) -> Ru
             start = time.perf_counter()
             for step in range(first_step, cfg.train.steps):
                 ledger.step = step
-                _, tokens, labels = batches(step)
+                step_start = time.perf_counter()
+                with ledger.in_phase("data"):
+                    ids, tokens, labels = batches(step)
+                data_wait = time.perf_counter() - step_start
+                id_log.write(step, step // batches.steps_per_epoch, ids)
                 with ledger.in_phase("forward"):
                     loss = F.cross_entropy(engine(tokens, batches.positions).float(), labels)
                 with ledger.in_phase("backward"):
@@ -174,12 +174,11 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path) -> Ru
                     total = comm.all_reduce_(loss.detach().float().reshape(1), mesh.dp_group, category="metrics")
                 losses.append(float(total) / mesh.dp)
                 log.step(step, losses[-1], engine.get_lr()[0])
+                exporter.on_step(step, losses[-1], time.perf_counter() - step_start, data_wait)
                 every = cfg.train.checkpoint_every
                 if every and ((step + 1) % every == 0 or step + 1 == cfg.train.steps):
                     with ledger.in_phase("checkpoint"):
-                        # The batch schedule is a function of the step, so the step is the data position.
-                        engine.save_checkpoint(str(run_dir / "checkpoints"), tag=f"step-{step + 1}",
-                                               client_state={"step": step + 1, "losses": losses})
+                        checkpoints.save(engine, step + 1, losses)
             wall = time.perf_counter() - start
         log.close()
         crosscheck = {"c10d": dict(counter.totals), "comms_logger": comms_logger_totals()} if counter else None
@@ -190,8 +189,10 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path) -> Ru
             state = consolidated_state_dict(engine.module, mesh)  # whole PE table even when sharded
     finally:
         ledger.uninstall()
+        id_log.close()
 
-    write_comm_record(run_dir, mesh, ledger, engine, train_data, crosscheck)
+    write_comm_record(run_dir, mesh, ledger, engine, train_data, crosscheck, streamed=data_stream is not None)
+    exporter.close()  # after a scrape of the final values (evaluation included), or metrics.prometheus_linger_s
     images_per_s = (cfg.train.steps - first_step) * cfg.train.batch_size / wall
     result = RunResult(
         losses=losses,
@@ -201,7 +202,7 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path) -> Ru
         tflops=images_per_s * image_flops / 1e12,
         wall_s=wall,
         steps=cfg.train.steps,
-        dropped_per_epoch=schedule.dropped_per_epoch,
+        dropped_per_epoch=batches.dropped_per_epoch,
         run_dir=str(run_dir),
     )
     if mesh.rank == 0:
@@ -218,34 +219,8 @@ def validate_job(cfg: JobConfig) -> None:
     check_resume(cfg)
 
 
-def check_resume(cfg: JobConfig) -> None:
-    """Refuse a resume target that does not exist before any rank starts."""
-    if not cfg.train.resume:
-        return
-    root = Path(cfg.train.resume)
-    tag = cfg.train.resume_tag
-    if not root.is_dir() or not ((root / tag).is_dir() if tag else (root / "latest").is_file()):
-        found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        raise ConfigError(f"train.resume: {root} holds no checkpoint {tag or '(latest)'}; "
-                          f"tags there: {found or 'none'} (runs save them with --train.checkpoint_every N)")
-
-
-def resume(engine, cfg: JobConfig) -> tuple[int, list[float]]:
-    """Load ``train.resume`` into the engine; return the step to continue from and the losses so far."""
-    if not cfg.train.resume:
-        return 0, []
-    path, client = engine.load_checkpoint(cfg.train.resume, tag=cfg.train.resume_tag or None)
-    if path is None or not client or "step" not in client:
-        raise ConfigError(f"train.resume: no pitdist checkpoint in {cfg.train.resume} "
-                          f"(tag {cfg.train.resume_tag or 'latest'}); point it at a run's checkpoints/ directory")
-    if client["step"] >= cfg.train.steps:
-        raise ConfigError(f"train.resume: the checkpoint is at step {client['step']}, but train.steps = "
-                          f"{cfg.train.steps}; raise train.steps to train further")
-    return client["step"], list(client["losses"])
-
-
 def write_comm_record(run_dir: Path, mesh: Mesh, ledger: CommLedger, engine, data: PixelDataset,
-                      crosscheck: dict | None) -> None:
+                      crosscheck: dict | None, streamed: bool) -> None:
     """comm/rank<r>.json: this rank's ledger rows, plus what the report needs to attribute them."""
     grads = [p for p in engine.module.parameters() if p.requires_grad]
     pe = engine.module.pos_embed
@@ -257,6 +232,7 @@ def write_comm_record(run_dir: Path, mesh: Mesh, ledger: CommLedger, engine, dat
         # The engine reduces these gradient elements together; the replicated PE table is one share.
         "engine_grad_elements": sum(p.numel() for p in grads if not is_sharded(p)),
         "replicated_pe_elements": replicated_pe,
+        "data_loader": "ray_data" if streamed else "memory",  # ray_data adds the SP groups' data gathers
         "rows": ledger.rows(),
         "crosscheck": crosscheck,
     }

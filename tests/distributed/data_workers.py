@@ -10,7 +10,8 @@ import torch
 from pitdist.config import load_config
 from pitdist.data.sharding import BatchSchedule
 from pitdist.distributed.parallel_dims import Mesh, ParallelDims
-from pitdist.train.trainer import LocalBatches, split_dataset
+from pitdist.train.batches import LocalBatches
+from pitdist.train.trainer import split_dataset
 
 
 def epoch_from_arrow(rank: int, dataset_dir: str, dp: int, sp: int, batch: int, start: int, stop: int) -> dict:

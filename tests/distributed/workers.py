@@ -20,27 +20,31 @@ IMAGE = (8, 8, 1)  # 64 pixel tokens: divisible by P = 1, 2, 4
 CLASSES = 10
 
 
-def sp_test_config(pos_embed: str, shard: bool, dp: int, sp: int, zero: int = 0, grad_clip: float = 0.0):
+def sp_test_config(pos_embed: str, shard: bool, dp: int, sp: int, zero: int = 0, grad_clip: float = 0.0,
+                   ring: int = 1):
     return load_config(None, [
         "--model.pos_embed", pos_embed, "--model.shard_pos_embed", str(shard).lower(),
-        "--parallel.dp", str(dp), "--parallel.sp", str(sp), "--parallel.launcher", "local" if dp * sp > 1 else "single",
+        "--parallel.dp", str(dp), "--parallel.sp", str(sp), "--parallel.ring", str(ring),
+        "--parallel.launcher", "local" if dp * sp > 1 else "single",
         "--parallel.zero_stage", str(zero), "--optim.grad_clip", str(grad_clip), "--train.batch_size", "4",
     ])
 
 
-def one_step_versus_single_device(rank: int, dp: int, sp: int, variants: list[tuple[str, bool]]) -> list[dict]:
-    """Forward + backward of one batch through the DeepSpeed engine on a DP x SP mesh.
+def one_step_versus_single_device(rank: int, dp: int, sp: int, variants: list[tuple[str, bool]],
+                                  ring: int = 1) -> list[dict]:
+    """Forward + backward of one batch through the DeepSpeed engine on a DP x SP mesh (SP = Ulysses
+    sp / ring x ring attention over ``ring`` ranks).
 
     Returns, per PE variant, the largest relative differences of logits, loss and every parameter
     gradient from the plain model run on the whole global batch in this very process.
     """
-    mesh = Mesh(ParallelDims(dp, sp))
+    mesh = Mesh(ParallelDims(dp, sp, ring))
     gen = torch.Generator().manual_seed(1234)
     pixels = torch.randint(0, 256, (dp * 2, *IMAGE), dtype=torch.uint8, generator=gen)  # 2 images per DP group
     labels = torch.randint(0, CLASSES, (dp * 2,), generator=gen)
     report = []
     for pos_embed, shard in variants:
-        cfg = sp_test_config(pos_embed, shard, dp, sp)
+        cfg = sp_test_config(pos_embed, shard, dp, sp, ring=ring)
         torch.manual_seed(0)
         reference = build_model(cfg.model, IMAGE, CLASSES)
         model = parallelize(copy.deepcopy(reference), mesh, cfg.model)
@@ -80,7 +84,7 @@ def loss_curve(rank: int, overrides: list[str], out_dir: str) -> list[float]:
     """20 real training steps with the trainer every job uses; returns the global loss per step."""
     cfg = load_config(None, ["--train.batch_size", "8", "--train.steps", "20", "--train.log_every", "10",
                              "--optim.warmup_steps", "2", "--optim.lr", "3e-3", *overrides])
-    mesh = Mesh(ParallelDims(cfg.parallel.dp, cfg.parallel.sp))
+    mesh = Mesh(ParallelDims.from_config(cfg.parallel))
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return train(cfg, mesh, torch.device("cpu"), run_dir).losses
@@ -89,7 +93,8 @@ def loss_curve(rank: int, overrides: list[str], out_dir: str) -> list[float]:
 def batch_ids(rank: int, dp: int, sp: int, steps: int) -> list[list[int]]:
     """The image ids this rank trains on at each step."""
     from pitdist.data.sharding import BatchSchedule
-    from pitdist.train.trainer import LocalBatches, split_dataset
+    from pitdist.train.batches import LocalBatches
+    from pitdist.train.trainer import split_dataset
 
     cfg = load_config(None, ["--parallel.dp", str(dp), "--parallel.sp", str(sp), "--parallel.launcher", "local"])
     mesh = Mesh(ParallelDims(dp, sp))
@@ -99,7 +104,8 @@ def batch_ids(rank: int, dp: int, sp: int, steps: int) -> list[list[int]]:
     return [np.asarray(batches(s)[0]).tolist() for s in range(steps)]
 
 
-def comm_runs(rank: int, dp: int, sp: int, zero: int, variants: list[str], out_dir: str) -> list[str]:
+def comm_runs(rank: int, dp: int, sp: int, zero: int, variants: list[str], out_dir: str, ring: int = 1,
+              overrides: tuple[str, ...] = ()) -> list[str]:
     """Train each PE variant for 2 steps with the ledger and both cross-check counters on.
 
     Built exactly as `pitdist comm-report` builds its runs; returns the run directories.
@@ -108,10 +114,10 @@ def comm_runs(rank: int, dp: int, sp: int, zero: int, variants: list[str], out_d
 
     run_dirs = []
     for variant in variants:
-        cfg = variant_config(None, ["--parallel.zero_stage", str(zero), "--train.batch_size", "8"], variant, dp,
-                             sp, 2, Path(out_dir))
-        run_dir = Path(out_dir) / f"{variant}-q{dp}p{sp}z{zero}"
+        cfg = variant_config(None, ["--parallel.zero_stage", str(zero), "--train.batch_size", "8", *overrides],
+                             variant, dp, sp, 2, Path(out_dir), ring=ring)
+        run_dir = Path(out_dir) / f"{variant}-q{dp}p{sp}r{ring}z{zero}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        train(cfg, Mesh(ParallelDims(dp, sp)), torch.device("cpu"), run_dir)
+        train(cfg, Mesh(ParallelDims(dp, sp, ring)), torch.device("cpu"), run_dir)
         run_dirs.append(str(run_dir))
     return run_dirs
