@@ -123,7 +123,10 @@ def cluster(tmp_path_factory):
                              "RUNTIME_ENV_AGENT_PORT", "OBJECT_MANAGER_PORT", "NODE_MANAGER_PORT"], free_ports(6)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PITDIST_"))}
     # Like a CPU cluster image: pitdist on PATH, DeepSpeed told it is on CPU, one token for all nodes.
-    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", DS_ACCELERATOR="cpu",
+    # The venv goes LAST on PATH: its pip `ninja` (1.13) hashes build commands differently from the
+    # system's (1.11), so whichever differs from the last build of DeepSpeed's shm op in the shared
+    # ~/.cache/torch_extensions rebuilds it (~60 s, two 1.5 GB compilers).
+    env.update(PATH=f"{env['PATH']}:{Path(sys.executable).parent}", DS_ACCELERATOR="cpu",
                RAY_AUTH_TOKEN_PATH=str(token), PITDIST_NODE_IP="127.0.0.1",
                # One logical CPU per node: the two ranks of an SP=2 job cannot both fit on one node.
                PITDIST_NUM_CPUS="1", PITDIST_OBJECT_STORE_MEMORY=str(200 * 2**20))
@@ -169,7 +172,8 @@ def cluster(tmp_path_factory):
                   f"{worker.peak[k] / gib:.2f} GiB, both at once {peak_total[k] / gib:.2f} GiB", end="")
         for n in (head, worker):
             top = ", ".join(f"{what} {pss / 2**20:.0f}" for pss, what in n.peak_procs[:10])
-            print(f"\n{n.name} at its peak, MiB PSS: {top} (+{len(n.peak_procs) - 10} more)", end="")
+            more = f" (+{len(n.peak_procs) - 10} more)" if len(n.peak_procs) > 10 else ""
+            print(f"\n{n.name} at its peak, MiB PSS: {top}{more}", end="")
         print(f"\nalive after the stop, SIGKILLed: head {len(left['head'])}, worker {len(left['worker'])} "
               f"processes (worker ones escaped stop-node.sh); cluster lifetime {time.monotonic() - start:.0f} s",
               flush=True)
