@@ -203,7 +203,7 @@ def _comm_report(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 # Benchmarks are modules of pitdist.bench, each with add_parser(subparsers) and main(args, overrides).
-BENCHMARKS = ("sp", "ledger", "data", "ring")
+BENCHMARKS = ("sp", "ledger", "data", "ring", "ray")
 
 
 def _bench_parser(sub) -> argparse.ArgumentParser:

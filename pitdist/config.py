@@ -165,7 +165,8 @@ class OptimConfig:
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
             _require(0 <= value < 1, f"optim.{name}", f"must be in [0, 1), got {value}")
-        _require(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        # DeepSpeed's WarmupDecayLR refuses 0 warm-up steps.
+        _require(self.warmup_steps >= 1, "optim.warmup_steps", f"must be >= 1 (DeepSpeed's WarmupDecayLR), got {self.warmup_steps}")
         _require(self.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
 
 

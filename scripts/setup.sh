@@ -38,6 +38,16 @@ if ! "$PYTHON" -m venv --help >/dev/null 2>&1 || ! "$PYTHON" -c 'import ensurepi
   fi
 fi
 
+# The metrics tests start a real Prometheus (Debian's package; the package's own service is not used).
+if [ "$want_test" = 1 ] && ! { command -v prometheus && command -v promtool; } >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing prometheus (Debian) for the metrics tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "setup.sh: the metrics tests need prometheus and promtool; install Debian's prometheus package" >&2
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv with $("$PYTHON" -V)"
   "$PYTHON" -m venv .venv
@@ -60,6 +70,7 @@ fi
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
 if ! ls "${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}"/*/deepspeed_shm_comm* >/dev/null 2>&1; then
   say "building DeepSpeed's CPU comm extension (once per machine, ~30 s)"
-  .venv/bin/python -c 'from deepspeed.comm.torch import build_shm_op; build_shm_op()' >/dev/null 2>&1 || true
+  # With the venv's ninja first on PATH, as every pitdist process has it (pitdist.distributed.comm).
+  PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -c 'from deepspeed.comm.torch import build_shm_op; build_shm_op()' >/dev/null 2>&1 || true
 fi
 say "ready: $(.venv/bin/python -c 'import torch, deepspeed, ray; print(f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, ray {ray.__version__}")')"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from datetime import timedelta
 
@@ -31,9 +32,24 @@ def pick_backend(requested: str) -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def use_interpreter_tools() -> None:
+    """Put this interpreter's bin directory first on PATH.
+
+    DeepSpeed JIT-builds its CPU comm op with whichever `ninja` comes first on PATH. The venv's (pip
+    installs one with deepspeed) and the system's hash the build differently, so processes that
+    disagree rebuild the op in the shared torch_extensions cache (~60 s each time): every pitdist
+    process, Ray workers included, uses the one beside its interpreter.
+    """
+    bin_dir = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    if path[:1] != [bin_dir]:
+        os.environ["PATH"] = os.pathsep.join([bin_dir, *(p for p in path if p != bin_dir)])
+
+
 def init_process_group(rank: int, world_size: int, backend: str, master_addr: str, master_port: int,
                        local_rank: int | None = None, timeout_s: float = 600.0) -> None:
-    """Join (or, in a Ray Train worker, adopt) the default process group through deepspeed.comm."""
+    """Join the default process group through deepspeed.comm."""
+    use_interpreter_tools()
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if backend == "nccl" else "cpu")
     os.environ.update(
         RANK=str(rank),
@@ -49,6 +65,9 @@ def init_process_group(rank: int, world_size: int, backend: str, master_addr: st
 
 def adopt_process_group(backend: str) -> None:
     """Inside a Ray Train worker: Ray made the torch process group; let deepspeed.comm use it."""
+    use_interpreter_tools()
+    # A cluster's workers need not have the driver's environment.
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if backend == "nccl" else "cpu")
     dist.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
 
 

@@ -49,6 +49,7 @@ def test_size_presets_and_explicit_width():
         ("", ["--train.steps", "ten"], "train.steps: expected int, got 'ten'"),
         ("", ["--data.shuffle", "maybe"], "data.shuffle: expected bool"),
         ('[train]\nsteps = 0\n', [], "train.steps: must be >= 1, got 0"),
+        ("", ["--optim.warmup_steps", "0"], "optim.warmup_steps: must be >= 1"),
         ("", ["--parallel.zero_stage", "3"], "parallel.zero_stage: must be 0, 1 or 2, got 3"),
         ("", ["--parallel.sp", "2", "--parallel.launcher", "single"],
          "parallel.launcher: 'single' runs one process but dp * sp = 2"),
