@@ -133,7 +133,7 @@ class NoExporter:
     def on_step(self, *args, **kwargs) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         pass
 
 
@@ -318,10 +318,11 @@ class PrometheusExporter:
         self._wait_for_scrape("before the first step; training anyway (is Prometheus scraping this target"
                               + (f" or watching {self.sd_file.parent}?)" if self.sd_file else "?)"))
 
-    def close(self) -> None:
-        """Publish the final values, wait (bounded) until a scrape has them, stop serving."""
+    def close(self, wait: bool = True) -> None:
+        """Publish the final values, wait (bounded) until a scrape has them, stop serving, withdraw the
+        target. ``wait=False`` (a failed rank): withdraw at once."""
         self.publish()
-        if self._served >= 0:  # a rank nobody scraped so far is not waited for
+        if wait and self._served >= 0:  # a rank nobody scraped so far is not waited for
             self._wait_for_scrape("after the last step; Prometheus missed this rank's final values")
         self._server.shutdown()
         self._server.server_close()

@@ -128,6 +128,7 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path, *,
         for name in ("sp", "dp", "sdp"):
             ledger.name_group(getattr(mesh, f"{name}_group"), name)
     id_log = IdLog(run_dir, mesh.rank)
+    exporter = None
     try:
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = build_model(cfg.model, train_data.image_shape, train_data.num_classes)
@@ -187,6 +188,10 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path, *,
             accuracy = (evaluate(engine.module, batches, val_data, cfg.train.eval_batch_size)
                         if cfg.train.evaluate else float("nan"))
             state = consolidated_state_dict(engine.module, mesh)  # whole PE table even when sharded
+    except BaseException:
+        if exporter is not None:
+            exporter.close(wait=False)  # a failed rank: no final scrape to wait for; withdraw its target
+        raise
     finally:
         ledger.uninstall()
         id_log.close()

@@ -93,6 +93,17 @@ def test_close_gives_up_after_the_linger_and_says_so(tmp_path, capsys):
     assert "no scrape of 127.0.0.1" in capsys.readouterr().err
 
 
+def test_a_failed_rank_withdraws_its_target_without_waiting(tmp_path):
+    base = free_port() - 1
+    ex = exporter(tmp_path, base, "--metrics.prometheus_linger_s", "60")
+    scrape(base + 1)  # scraped, so a normal close would wait for the final values
+    ex.on_step(0, 1.0, 0.1, 0.0)
+    start = time.monotonic()
+    ex.close(wait=False)
+    assert time.monotonic() - start < 10
+    assert not (tmp_path / "targets" / "pitdist-run-a-rank1.json").exists()
+
+
 def test_a_rank_nobody_scraped_does_not_wait_at_the_end(tmp_path):
     ex = exporter(tmp_path, free_port() - 1, "--metrics.prometheus_linger_s", "60")
     start = time.monotonic()
