@@ -123,10 +123,9 @@ def cluster(tmp_path_factory):
                              "RUNTIME_ENV_AGENT_PORT", "OBJECT_MANAGER_PORT", "NODE_MANAGER_PORT"], free_ports(6)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PITDIST_"))}
     # Like a CPU cluster image: pitdist on PATH, DeepSpeed told it is on CPU, one token for all nodes.
-    # The venv goes LAST on PATH: its pip `ninja` (1.13) hashes build commands differently from the
-    # system's (1.11), so whichever differs from the last build of DeepSpeed's shm op in the shared
-    # ~/.cache/torch_extensions rebuilds it (~60 s, two 1.5 GB compilers).
-    env.update(PATH=f"{env['PATH']}:{Path(sys.executable).parent}", DS_ACCELERATOR="cpu",
+    # (Every pitdist process puts its interpreter's directory first on PATH itself, so DeepSpeed's op
+    # build always uses the venv's ninja: see pitdist.distributed.comm.use_interpreter_tools.)
+    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", DS_ACCELERATOR="cpu",
                RAY_AUTH_TOKEN_PATH=str(token), PITDIST_NODE_IP="127.0.0.1",
                # One logical CPU per node: the two ranks of an SP=2 job cannot both fit on one node.
                PITDIST_NUM_CPUS="1", PITDIST_OBJECT_STORE_MEMORY=str(200 * 2**20))
