@@ -80,7 +80,8 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     print(
         f"pitdist: {cfg.name}: {cfg.model.size} PiT (p={cfg.model.patch_size}, pos_embed={cfg.model.pos_embed}"
         f"{', sharded' if cfg.model.shard_pos_embed else ''}) on {cfg.data.dataset}, "
-        f"dp={p.dp} x sp={p.sp}, ZeRO {p.zero_stage}, launcher {p.launcher}; run dir {run_dir}",
+        f"dp={p.dp} x sp={p.sp}{f' (ulysses {p.ulysses} x ring {p.ring})' if p.ring > 1 else ''}, "
+        f"ZeRO {p.zero_stage}, launcher {p.launcher}; run dir {run_dir}",
         flush=True,
     )
     try:

@@ -49,7 +49,7 @@ class ParallelDims:
     ring: int = 1  # R: ranks of the ring-attention ring; the other factor U = P / R runs Ulysses
 
     @classmethod
-    def from_config(cls, parallel) -> "ParallelDims":
+    def from_config(cls, parallel) -> ParallelDims:
         """From a pitdist.config.ParallelConfig (dp, sp, ring)."""
         return cls(parallel.dp, parallel.sp, parallel.ring)
 
