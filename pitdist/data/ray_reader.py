@@ -58,6 +58,9 @@ def training_rows(train: PixelDataset, source: str):
     """
     import ray
 
+    # pitdist shows its own progress bar; Ray Data's per-epoch bars and banners would drown it.
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = context.print_on_execution_start = False
     if is_arrow_dataset(source):
         rows, _, _ = ray_dataset(source)
         rows = rows.map_batches(_keep_ids, fn_kwargs={"ids": pa.array(train.ids)}, batch_format="pyarrow",

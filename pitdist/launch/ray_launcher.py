@@ -38,6 +38,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     cfg = config_from_dict(config["cfg"])
     run_dir = Path(config["run_dir"])
+    quiet_ray_train()
     context = ray.train.get_context()
     torch.set_num_threads(threads_per_rank(cfg))
     quiet_deepspeed()
@@ -48,6 +49,18 @@ def train_loop_per_worker(config: dict) -> None:
     result = train(cfg, mesh, resolve_device(cfg.train.device, context.get_local_rank()), run_dir,
                    checkpoints=RayCheckpoints(cfg, run_dir), data_stream=stream)
     ray.train.report({"final_loss": result.losses[-1], "steps": result.steps})
+
+
+def quiet_ray_train() -> None:
+    """Ray Train logs every report of every worker at INFO from a logger named by its file path, which
+    RunConfig's LoggingConfig does not reach; pitdist's progress bar already says the same."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray version: its own log lines, nothing worse
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def record_worker(run_dir: Path, rank: int) -> None:
@@ -67,15 +80,17 @@ def init_ray(cfg: JobConfig) -> None:
     else:
         # An embedded local cluster. Logical CPUs, not cores: every rank needs one to be scheduled and
         # Ray Data's read tasks one more (threads per rank are set from the real core count). It lives
-        # on the loopback interface: nothing of a one-machine run needs another address.
+        # on the loopback interface: nothing of a one-machine run needs another address. The dashboard
+        # stays on: Ray Train's placement-group cleaner polls its state API (and complains every
+        # second without it), and a Ray user expects to watch the run there.
         world = cfg.parallel.world_size
-        ray.init(num_cpus=max(os.cpu_count() or 1, world + 1), include_dashboard=False,
+        ray.init(num_cpus=max(os.cpu_count() or 1, world + 1), include_dashboard=True, dashboard_host="127.0.0.1",
                  _node_ip_address="127.0.0.1")
 
 
 def launch_ray(cfg: JobConfig, run_dir: Path) -> RunResult:
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pitdist.distributed.comm import pick_backend
@@ -106,7 +121,9 @@ def launch_ray(cfg: JobConfig, run_dir: Path) -> RunResult:
             torch_config=TorchConfig(backend=pick_backend(cfg.parallel.backend) if not use_gpu else "nccl"),
             run_config=RunConfig(name=run_dir.name, storage_path=storage,
                                  failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints or None)),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints or None),
+                                 # Ray Train's INFO lines (every report, every worker) would drown pitdist's.
+                                 logging_config=LoggingConfig(log_level="WARNING")),
         )
         try:
             trainer.fit()

@@ -125,6 +125,10 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path, *,
     ledger = CommLedger(mesh.rank)
     if cfg.metrics.ledger:
         ledger.install()
+        # Hybrid SP's subgroups (None without a hybrid) first: where one is the whole SP group, "sp" wins.
+        for name in ("ulysses", "ring"):
+            if getattr(mesh, f"{name}_group") is not None:
+                ledger.name_group(getattr(mesh, f"{name}_group"), name)
         for name in ("sp", "dp", "sdp"):
             ledger.name_group(getattr(mesh, f"{name}_group"), name)
     id_log = IdLog(run_dir, mesh.rank)
@@ -155,6 +159,7 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path, *,
             if counter is not None:
                 reset_comms_logger()
             start = time.perf_counter()
+            step_times: list[dict] = []
             for step in range(first_step, cfg.train.steps):
                 ledger.step = step
                 step_start = time.perf_counter()
@@ -162,19 +167,28 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path, *,
                     ids, tokens, labels = batches(step)
                 data_wait = time.perf_counter() - step_start
                 id_log.write(step, step // batches.steps_per_epoch, ids)
+                t_data = time.perf_counter()
                 with ledger.in_phase("forward"):
                     loss = F.cross_entropy(engine(tokens, batches.positions).float(), labels)
+                t_fwd = time.perf_counter()
                 with ledger.in_phase("backward"):
                     # Every SP rank computes the same group loss and DeepSpeed SUMS gradients over SP
                     # ranks: dividing by P makes the summed gradient that of the group's mean loss.
                     engine.backward(loss / mesh.sp)
+                t_bwd = time.perf_counter()
                 with ledger.in_phase("optimizer"):
                     engine.step()
+                t_opt = time.perf_counter()
                 with ledger.in_phase("metrics"):
                     # The global mean loss, for the log: one 4-byte all-reduce over the DP group.
                     total = comm.all_reduce_(loss.detach().float().reshape(1), mesh.dp_group, category="metrics")
                 losses.append(float(total) / mesh.dp)
                 log.step(step, losses[-1], engine.get_lr()[0])
+                # Wall time of each phase on this rank; with the ledger's seconds per category this
+                # splits a step into compute, communication and data wait (pitdist bench steptime).
+                step_times.append({"step": step, "data_s": data_wait, "forward_s": t_fwd - t_data,
+                                   "backward_s": t_bwd - t_fwd, "optimizer_s": t_opt - t_bwd,
+                                   "total_s": time.perf_counter() - step_start})
                 exporter.on_step(step, losses[-1], time.perf_counter() - step_start, data_wait)
                 every = cfg.train.checkpoint_every
                 if every and ((step + 1) % every == 0 or step + 1 == cfg.train.steps):
@@ -196,7 +210,8 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path, *,
         ledger.uninstall()
         id_log.close()
 
-    write_comm_record(run_dir, mesh, ledger, engine, train_data, crosscheck, streamed=data_stream is not None)
+    write_comm_record(run_dir, mesh, ledger, engine, train_data, crosscheck, streamed=data_stream is not None,
+                      step_times=step_times)
     exporter.close()  # after a scrape of the final values (evaluation included), or metrics.prometheus_linger_s
     images_per_s = (cfg.train.steps - first_step) * cfg.train.batch_size / wall
     result = RunResult(
@@ -225,7 +240,7 @@ def validate_job(cfg: JobConfig) -> None:
 
 
 def write_comm_record(run_dir: Path, mesh: Mesh, ledger: CommLedger, engine, data: PixelDataset,
-                      crosscheck: dict | None, streamed: bool) -> None:
+                      crosscheck: dict | None, streamed: bool, step_times: list[dict] | None = None) -> None:
     """comm/rank<r>.json: this rank's ledger rows, plus what the report needs to attribute them."""
     grads = [p for p in engine.module.parameters() if p.requires_grad]
     pe = engine.module.pos_embed
@@ -240,6 +255,7 @@ def write_comm_record(run_dir: Path, mesh: Mesh, ledger: CommLedger, engine, dat
         "data_loader": "ray_data" if streamed else "memory",  # ray_data adds the SP groups' data gathers
         "rows": ledger.rows(),
         "crosscheck": crosscheck,
+        "step_times": step_times or [],  # this rank's wall seconds per phase, per training step
     }
     comm_dir = run_dir / "comm"
     comm_dir.mkdir(exist_ok=True)
