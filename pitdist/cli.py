@@ -204,7 +204,7 @@ def _comm_report(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 # Benchmarks are modules of pitdist.bench, each with add_parser(subparsers) and main(args, overrides).
-BENCHMARKS = ("sp", "ledger", "data", "ring", "ray")
+BENCHMARKS = ("sp", "ledger", "data", "ring", "ray", "accuracy", "steptime", "projection")
 
 
 def _bench_parser(sub) -> argparse.ArgumentParser:

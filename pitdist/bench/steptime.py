@@ -1,0 +1,224 @@
+"""`pitdist bench steptime`: where a training step's time goes, vs the SP size P.
+
+For each P, a real `pitdist train` job (the trainer and launcher of the repository, one process per
+rank, gloo) runs a few steps; each rank's comm/rank<r>.json then holds, per step, the wall time of
+each phase (`step_times`: data, forward, backward, optimizer) and the ledger's seconds inside every
+collective by cause. A step splits into:
+
+    data wait        fetching the batch (phase "data": indexing, slicing this rank's tokens)
+    all-to-all       Ulysses' attention all-to-alls (and ring hops, if any)
+    grad reduction   DeepSpeed's gradient all-reduce, the PE gradient's, ZeRO gathers, grad-norm
+    other comm       pooling all-reduce, the loss all-reduce for the log, data gathers
+    compute          the rest: total - data wait - every collective
+
+Seconds in a collective include waiting for the slowest rank to arrive: on a shared CPU that is
+where imbalance shows up. Each component is the mean over ranks and timed steps (warm-up steps are
+left out), so the parts add up to the mean step time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+PARTS = ("compute", "all_to_all", "grad_reduce", "other_comm", "data_wait")
+CATEGORY_PART = {"attention_a2a": "all_to_all", "attention_ring": "all_to_all", "grad_reduce": "grad_reduce",
+                 "pe_grad_reduce": "grad_reduce", "zero_param_gather": "grad_reduce", "pe_param_gather": "grad_reduce",
+                 "grad_norm": "grad_reduce"}  # anything else (pooling, metrics, data) is other_comm
+
+EPILOG = textwrap.dedent(
+    """\
+    Model: nano (width 64, 4 layers, 4 heads, sin-cos PE) unless overridden with --model.KEY VALUE
+    (any other job setting too: --SECTION.KEY VALUE, as for `pitdist train`). P must divide the heads
+    and the image's tokens.
+
+    Outputs: a table on stdout, JSON (--out) and a PNG (--plot): stacked seconds per step vs P.
+
+    Examples
+      pitdist bench steptime --sp 1,2,4 --steps 8
+      pitdist bench steptime --sp 1,2 --dataset synthetic:8x8x1:64 --steps 3 --warmup 1   # smoke run
+    """
+)
+
+
+class BenchOptionError(ValueError):
+    """An option cannot work; the message names it and what would."""
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more integers >= 1, e.g. 1,2,4")
+    return values
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "steptime",
+        help="step time split into compute, all-to-all, gradient reduction and data wait, vs P",
+        description="Train a few steps with `pitdist train` machinery for each SP size P (one process per rank, "
+        "gloo) and split each step's time, from every rank's phase timings and communication ledger, into "
+        "compute, all-to-all, gradient reduction, other communication and data wait.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--sp", type=_int_list, default=[1, 2, 4], metavar="LIST", help="SP sizes P (default: 1,2,4)")
+    p.add_argument("--dp", type=int, default=1, help="data-parallel groups Q for every P (default: 1)")
+    p.add_argument("--dataset", default="synthetic:28x28x1:512",
+                   help="dataset (default: synthetic:28x28x1:512, 784 tokens per image)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per step over all DP groups (default: 8)")
+    p.add_argument("--steps", type=int, default=8, help="training steps per P (default: 8)")
+    p.add_argument("--warmup", type=int, default=2, help="first steps left out of the averages (default: 2)")
+    p.add_argument("--zero", type=int, default=0, choices=(0, 1, 2), help="ZeRO stage (default: 0)")
+    p.add_argument("--out", default=None, metavar="PATH", help="JSON (default: runs/bench-steptime-<time>.json)")
+    p.add_argument("--plot", default=None, metavar="PATH", help="PNG (default: the --out path with .png)")
+    return p
+
+
+def configs(args: argparse.Namespace, overrides: list[str], run_root: Path) -> list:
+    from pitdist.config import load_config
+    from pitdist.train.trainer import validate_job
+
+    if args.steps <= args.warmup or args.warmup < 0:
+        raise BenchOptionError(f"--steps {args.steps} --warmup {args.warmup}: need 0 <= warmup < steps, so that "
+                               f"some steps are timed")
+    if args.dp < 1 or args.batch_size < 1:
+        raise BenchOptionError("--dp and --batch-size must be >= 1")
+    out = []
+    for p in args.sp:
+        cfg = load_config(None, [
+            "--model.size", "nano", "--model.pos_embed", "sincos", *overrides, "--data.dataset", args.dataset,
+            "--data.loader", "memory", "--parallel.launcher", "local", "--parallel.dp", str(args.dp),
+            "--parallel.sp", str(p), "--parallel.zero_stage", str(args.zero), "--train.steps", str(args.steps),
+            "--train.batch_size", str(args.batch_size), "--train.log_every", str(args.steps),
+            "--train.evaluate", "false", "--metrics.ledger", "true", "--train.output_dir", str(run_root),
+            "--name", f"steptime-q{args.dp}p{p}",
+        ])
+        try:
+            validate_job(cfg)  # the mesh fits the heads and tokens: refuse before any rank starts
+        except ValueError as exc:
+            raise BenchOptionError(f"--sp {p}: {exc}") from None
+        out.append(cfg)
+    return out
+
+
+def split_run(run_dir: Path, warmup: int) -> dict:
+    """Mean seconds per step of each part, over ranks and the steps after ``warmup``."""
+    ranks = sorted((run_dir / "comm").glob("rank*.json"), key=lambda f: int(f.stem[4:]))
+    if not ranks:
+        raise FileNotFoundError(f"{run_dir}: no comm/rank*.json (was the ledger off?)")
+    per_rank = []
+    for f in ranks:
+        record = json.loads(f.read_text())
+        times = {t["step"]: t for t in record.get("step_times", []) if t["step"] >= warmup}
+        if not times:
+            raise ValueError(f"{f}: no step_times after warm-up step {warmup}")
+        comm = {step: dict.fromkeys(PARTS[1:4], 0.0) for step in times}
+        for row in record["rows"]:
+            if row["step"] in comm:
+                comm[row["step"]][CATEGORY_PART.get(row["category"], "other_comm")] += row["seconds"]
+        steps = []
+        for step, t in sorted(times.items()):
+            c = comm[step]
+            parts = {"data_wait": t["data_s"], **c}
+            parts["compute"] = t["total_s"] - sum(parts.values())
+            steps.append({"step": step, "total_s": t["total_s"], **parts})
+        per_rank.append(steps)
+    mean = {k: statistics.fmean(s[k] for steps in per_rank for s in steps) for k in ("total_s", *PARTS)}
+    slowest = [max(steps[i]["total_s"] for steps in per_rank) for i in range(len(per_rank[0]))]
+    return {"mean": mean, "median_slowest_total_s": statistics.median(slowest), "timed_steps": len(per_rank[0]),
+            "per_rank": per_rank}
+
+
+def render(report: dict) -> str:
+    lines = [f"pitdist bench steptime: {report['model']}, {report['dataset']}, batch {report['batch_size']}, "
+             f"Q = {report['dp']}, ZeRO {report['zero_stage']}; mean over ranks and {report['timed_steps']} timed steps",
+             f"{'P':>3}{'threads':>8}{'step s':>9}{'compute':>9}{'all-to-all':>11}{'grad red.':>10}{'other comm':>11}"
+             f"{'data wait':>10}{'comm %':>8}"]
+    for r in report["rows"]:
+        m = r["mean"]
+        comm = m["all_to_all"] + m["grad_reduce"] + m["other_comm"]
+        lines.append(f"{r['sp']:>3}{r['threads_per_rank']:>8}{m['total_s']:>9.3f}{m['compute']:>9.3f}{m['all_to_all']:>11.3f}"
+                     f"{m['grad_reduce']:>10.3f}{m['other_comm']:>11.3f}{m['data_wait']:>10.4f}{comm / m['total_s']:>8.1%}")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    labels = [f"P={r['sp']}" for r in rows]
+    names = {"compute": "compute", "all_to_all": "all-to-all", "grad_reduce": "gradient reduction",
+             "other_comm": "other comm", "data_wait": "data wait"}
+    for ax, share in zip(axes, (False, True)):
+        bottom = [0.0] * len(rows)
+        for part in PARTS:
+            vals = [r["mean"][part] / (r["mean"]["total_s"] if share else 1) * (100 if share else 1) for r in rows]
+            ax.bar(labels, vals, bottom=bottom, label=names[part])
+            bottom = [b + v for b, v in zip(bottom, vals)]
+        ax.set_ylabel("% of step" if share else "seconds per step")
+        ax.set_title("share of the step" if share else "step time by part (mean over ranks)", fontsize=10)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{report['model']}, {report['dataset']}, batch {report['batch_size']}, "
+                 f"{report['machine']['cores']} CPU cores shared by the P ranks", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(args: argparse.Namespace, overrides: list[str]) -> int:
+    import os
+
+    from pitdist.config import ConfigError
+    from pitdist.distributed.parallel_dims import MeshError
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or f"runs/bench-steptime-{stamp}.json")
+    png = Path(args.plot) if args.plot else out.with_suffix(".png")
+    run_root = out.with_suffix("")
+    try:
+        cfgs = configs(args, overrides, run_root)
+    except (ConfigError, MeshError, BenchOptionError, FileNotFoundError) as exc:
+        print(f"pitdist bench steptime: error: {exc}", file=sys.stderr)
+        return 2
+    from pitdist.launch.local import LaunchError, launch_local, make_run_dir, threads_per_rank
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    m = cfgs[0].model
+    report = {"benchmark": "pitdist bench steptime", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "command": sys.argv, "dataset": args.dataset, "batch_size": args.batch_size, "dp": args.dp,
+              "zero_stage": args.zero, "steps": args.steps, "warmup": args.warmup,
+              "timed_steps": args.steps - args.warmup,
+              "model": f"PiT {m.width}x{m.num_layers}L {m.num_heads}h {m.pos_embed}",
+              "machine": {"cores": os.cpu_count()}, "rows": []}
+    started = time.perf_counter()
+    for cfg in cfgs:
+        t0 = time.perf_counter()
+        run_dir = make_run_dir(cfg)
+        print(f"[bench steptime] P = {cfg.parallel.sp}: {cfg.train.steps} steps -> {run_dir}", file=sys.stderr, flush=True)
+        try:
+            launch_local(cfg, run_dir)
+        except LaunchError as exc:
+            print(f"pitdist bench steptime: P = {cfg.parallel.sp} failed:\n{exc}", file=sys.stderr)
+            return 1
+        split = split_run(run_dir, args.warmup)
+        report["rows"].append({"sp": cfg.parallel.sp, "threads_per_rank": threads_per_rank(cfg), "run_dir": str(run_dir),
+                               "run_s": time.perf_counter() - t0, **split})
+    report["elapsed_s"] = time.perf_counter() - started
+    out.write_text(json.dumps(report, indent=1))
+    plot(report, png)
+    print(render(report))
+    print(f"\nJSON: {out}\nplot: {png}")
+    return 0
