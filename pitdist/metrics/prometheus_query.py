@@ -20,6 +20,7 @@ import urllib.request
 from collections import defaultdict
 
 from pitdist.distributed.ledger import STEP_PHASES, Totals
+from pitdist.metrics.comm_model import scheme_name
 from pitdist.metrics.comm_report import CategoryRow, _category_key, split_pe_share
 
 COMM_METRICS = ("calls", "handed_bytes", "sent_bytes", "seconds")
@@ -90,8 +91,9 @@ def live_summary(url: str, run: str, lookback: str = "1d") -> dict:
         rows.append([CategoryRow(k[0], t.count, t.handed, t.sent, t.seconds, None, None)
                      for k, t in sorted(totals.items(), key=lambda kv: _category_key(kv[0][0]))])
     first = info[min(info)]
-    return {"variant": first["pos_embed"].replace("-", " "), "dp": int(first["dp"]), "sp": int(first["sp"]),
-            "ring": int(first.get("ring", 1)),
+    sp, ring = int(first["sp"]), int(first.get("ring", 1))
+    return {"variant": first["pos_embed"].replace("-", " "), "dp": int(first["dp"]), "sp": sp,
+            "ring": ring, "scheme": scheme_name(sp, ring),
             "zero_stage": int(first["zero_stage"]), "batch_size": int(first["batch_size"]),
             "run_dir": f"{url} run={run}", "rows": rows}
 
