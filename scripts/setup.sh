@@ -66,11 +66,12 @@ if [ ! -f "$stamp" ]; then
 fi
 
 # DeepSpeed JIT-compiles its shared-memory comm op at the first init_distributed (~30-45 s cold).
-# Build it once here so the first training run does not stall silently.
+# Build it once here so the first training run does not stall silently, in this venv's own cache with
+# this venv's ninja, as every pitdist process finds it (pitdist.distributed.comm.use_interpreter_tools).
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
-if ! ls "${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}"/*/deepspeed_shm_comm* >/dev/null 2>&1; then
-  say "building DeepSpeed's CPU comm extension (once per machine, ~30 s)"
-  # With the venv's ninja first on PATH, as every pitdist process has it (pitdist.distributed.comm).
-  PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -c 'from deepspeed.comm.torch import build_shm_op; build_shm_op()' >/dev/null 2>&1 || true
+if ! ls .venv/torch_extensions/*/deepspeed_shm_comm* >/dev/null 2>&1; then
+  say "building DeepSpeed's CPU comm extension (once per venv, ~30 s)"
+  TORCH_EXTENSIONS_DIR="$PWD/.venv/torch_extensions" PATH="$PWD/.venv/bin:$PATH" \
+    .venv/bin/python -c 'from deepspeed.comm.torch import build_shm_op; build_shm_op()' >/dev/null 2>&1 || true
 fi
 say "ready: $(.venv/bin/python -c 'import torch, deepspeed, ray; print(f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, ray {ray.__version__}")')"

@@ -33,17 +33,20 @@ def pick_backend(requested: str) -> str:
 
 
 def use_interpreter_tools() -> None:
-    """Put this interpreter's bin directory first on PATH.
+    """Build DeepSpeed's CPU comm op with this environment's tools, into this environment's cache.
 
-    DeepSpeed JIT-builds its CPU comm op with whichever `ninja` comes first on PATH. The venv's (pip
-    installs one with deepspeed) and the system's hash the build differently, so processes that
-    disagree rebuild the op in the shared torch_extensions cache (~60 s each time): every pitdist
-    process, Ray workers included, uses the one beside its interpreter.
+    DeepSpeed JIT-builds the op with whichever `ninja` comes first on PATH, into TORCH_EXTENSIONS_DIR
+    (default ~/.cache/torch_extensions, shared by every environment of the user). The venv's ninja
+    (a pip dependency of deepspeed) and the system's hash the build differently, and two venvs differ
+    in include paths, so processes that disagree rebuild the op over each other (~60 s each time).
+    Every pitdist process, Ray workers included, uses the ninja beside its interpreter and a cache in
+    its environment (scripts/setup.sh builds it there once).
     """
     bin_dir = os.path.dirname(sys.executable)
     path = os.environ.get("PATH", "").split(os.pathsep)
     if path[:1] != [bin_dir]:
         os.environ["PATH"] = os.pathsep.join([bin_dir, *(p for p in path if p != bin_dir)])
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
 
 
 def init_process_group(rank: int, world_size: int, backend: str, master_addr: str, master_port: int,
