@@ -46,7 +46,8 @@ def use_interpreter_tools() -> None:
     path = os.environ.get("PATH", "").split(os.pathsep)
     if path[:1] != [bin_dir]:
         os.environ["PATH"] = os.pathsep.join([bin_dir, *(p for p in path if p != bin_dir)])
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
+    if os.access(sys.prefix, os.W_OK):  # else (e.g. a root-owned image venv) torch's per-user default
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
 
 
 def init_process_group(rank: int, world_size: int, backend: str, master_addr: str, master_port: int,
