@@ -7,6 +7,7 @@ with `ray stop`, which would stop other clusters on the host. The peak RSS of ea
 (Ray's daemons, the job driver, the Ray Train workers) is sampled and printed at the end.
 """
 
+import json
 import os
 import re
 import secrets
@@ -210,16 +211,14 @@ def test_submit_follow_runs_on_both_nodes(cluster, tmp_path):
     assert status.returncode == 0 and "SUCCEEDED" in status.stdout
     assert jid in pitdist(cluster, "job", "list").stdout
 
-    # Where the two ranks ran: Ray Train prints each worker's pid and node rank, and the pids must
-    # belong to different nodes' process trees (one logical CPU per node forces the spread).
-    workers = re.findall(r"\(ip=\S+, pid=(\d+)\) world_rank=(\d), local_rank=\d, node_rank=(\d)", logs.stdout)
-    assert len(workers) == 2, logs.stdout[-4000:]
-    owners = {rank: [n.name for n in (cluster["head"], cluster["worker"]) if int(pid) in n.seen]
-              for pid, rank, _ in workers}
-    print(f"ranks by node: {owners}; node ranks {sorted(nr for *_, nr in workers)}")
-    assert sorted(sum(owners.values(), [])) == ["head", "worker"]
+    # Where the two ranks ran: each rank records its PID in the run directory, and the PIDs must belong
+    # to different nodes' process trees (one logical CPU per node forces the spread).
     run_dir = Path(logs.stdout.split("done: ")[1].splitlines()[0].split("| ")[-1])
     assert (run_dir / "result.json").is_file() and len(list((run_dir / "comm").glob("rank*.json"))) == 2
+    pids = {rank: json.loads((run_dir / "workers" / f"rank{rank}.json").read_text())["pid"] for rank in (0, 1)}
+    owners = {rank: [n.name for n in (cluster["head"], cluster["worker"]) if pid in n.seen] for rank, pid in pids.items()}
+    print(f"ranks by node: {owners}")
+    assert sorted(sum(owners.values(), [])) == ["head", "worker"]
 
 
 def test_bad_config_fails_on_the_cluster_with_the_config_error(cluster, tmp_path):
