@@ -48,6 +48,17 @@ if [ "$want_test" = 1 ] && ! { command -v prometheus && command -v promtool; } >
   fi
 fi
 
+# The docker compose test runs Debian's Docker engine (started by the test with its own socket and data
+# root, not as a service) and builds its base image with debootstrap: no image registry is needed.
+if [ "$want_test" = 1 ] && ! { command -v dockerd && command -v debootstrap; } >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing docker.io and debootstrap (Debian) for the docker compose test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io debootstrap >/dev/null
+  else
+    echo "setup.sh: the docker compose test needs dockerd and debootstrap; install Debian's docker.io and debootstrap packages" >&2
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv with $("$PYTHON" -V)"
   "$PYTHON" -m venv .venv
