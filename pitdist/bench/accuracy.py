@@ -24,6 +24,10 @@ import textwrap
 import time
 from pathlib import Path
 
+from pitdist.bench.options import BenchOptionError, int_list, write_json
+
+INT_LIST = int_list(None, "0,1,2")  # the list-valued options' type
+
 PE_VARIANTS = ("none", "sincos", "learned")
 DATA_HINT = "pitdist data convert fashion-mnist --split train --out data/fmnist-train"
 
@@ -46,20 +50,6 @@ EPILOG = textwrap.dedent(
 )
 
 
-class BenchOptionError(ValueError):
-    """An option cannot work; the message names it and what would."""
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one integer, e.g. 0,1,2")
-    return values
-
-
 def _pe_list(text: str) -> list[str]:
     values = [v for v in text.replace(" ", "").split(",") if v]
     bad = [v for v in values if v not in PE_VARIANTS]
@@ -80,12 +70,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="data/fmnist-train",
                    help=f"dataset directory or synthetic:HxWxC:COUNT (default: data/fmnist-train; make it with "
                         f"`{DATA_HINT}`)")
-    p.add_argument("--patches", type=_int_list, default=[1, 2, 4, 7], metavar="LIST",
+    p.add_argument("--patches", type=INT_LIST, default=[1, 2, 4, 7], metavar="LIST",
                    help="patch sizes: 1 is PiT, > 1 ViT; each must divide the image side (default: 1,2,4,7)")
     p.add_argument("--pe", type=_pe_list, default=list(PE_VARIANTS), metavar="LIST",
                    help="PiT's position embeddings to compare (default: none,sincos,learned)")
     p.add_argument("--vit-pe", default="sincos", choices=PE_VARIANTS, help="the ViTs' position embedding (default: sincos)")
-    p.add_argument("--seeds", type=_int_list, default=[0, 1, 2], metavar="LIST", help="seeds (default: 0,1,2)")
+    p.add_argument("--seeds", type=INT_LIST, default=[0, 1, 2], metavar="LIST", help="seeds (default: 0,1,2)")
     p.add_argument("--steps", type=int, default=64, help="training steps per cell (default: 64)")
     p.add_argument("--batch-size", type=int, default=32, help="images per step (default: 32)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, every cell (default: 2e-3)")
@@ -227,12 +217,6 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _write_json(report: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(path)
-
-
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
     from pitdist.config import ConfigError
     from pitdist.distributed.parallel_dims import MeshError
@@ -296,12 +280,12 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
                                "run_s": time.perf_counter() - t0, "run_dir": result.run_dir})
         report["summary"] = summarize(report["runs"])
         report["elapsed_s"] = time.perf_counter() - started
-        _write_json(report, out)
+        write_json(report, out)
         print(f"[bench accuracy] {i + 1}/{len(cells)} {cell_key(cell)} seed {cell['seed']}: "
               f"val {result.val_accuracy:.2%}, {result.images_per_s:.1f} images/s, {time.perf_counter() - t0:.0f} s",
               file=sys.stderr, flush=True)
     report["complete"] = True
-    _write_json(report, out)
+    write_json(report, out)
     plot(report, png)
     print(render(report))
     print(f"\nJSON: {out}\nplot: {png}")

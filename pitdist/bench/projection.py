@@ -28,6 +28,10 @@ import textwrap
 import time
 from pathlib import Path
 
+from pitdist.bench.options import int_list
+
+INT_LIST = int_list(1, "8,64,512")  # the list-valued options' type
+
 SIZES = ("tiny", "small", "base")
 # Saved-for-backward D-vectors per token per layer, measured here by `pitdist bench sp` (search fit
 # 148,620 bytes per token for D = 192, L = 12 in fp32: 148620 / (192 * 12 * 4) = 16.1).
@@ -41,16 +45,6 @@ EPILOG = textwrap.dedent(
       pitdist bench projection --image 512x512x3 --gpus 64 --gpu-mem-gb 80
     """
 )
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give one or more integers >= 1")
-    return values
 
 
 def _float_list(text: str) -> list[float]:
@@ -85,13 +79,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--image", type=_image, default=(224, 224, 3), help="image HxWxC (default: 224x224x3)")
     p.add_argument("--sizes", default=",".join(SIZES), help="model sizes (default: tiny,small,base)")
-    p.add_argument("--gpus", type=_int_list, default=[8, 64, 512], metavar="LIST", help="cluster sizes W (default: 8,64,512)")
+    p.add_argument("--gpus", type=INT_LIST, default=[8, 64, 512], metavar="LIST", help="cluster sizes W (default: 8,64,512)")
     p.add_argument("--max-sp", type=int, default=64, help="largest SP size P considered (default: 64)")
     p.add_argument("--gpu-mem-gb", type=_float_list, default=[24.0, 40.0, 80.0], metavar="LIST",
                    help="GPU memory sizes in GB for the memory table (default: 24,40,80)")
     p.add_argument("--usable", type=float, default=0.9,
                    help="share of a GPU's memory usable for activations and state (default: 0.9)")
-    p.add_argument("--mem-sides", type=_int_list, default=[224, 336, 448, 512], metavar="LIST",
+    p.add_argument("--mem-sides", type=INT_LIST, default=[224, 336, 448, 512], metavar="LIST",
                    help="square image sides of the memory table (default: 224,336,448,512)")
     p.add_argument("--saved-per-token-layer", type=float, default=SAVED_PER_TOKEN_LAYER,
                    help=f"saved D-vectors per token and layer (default: {SAVED_PER_TOKEN_LAYER}, measured by "

@@ -26,19 +26,13 @@ import textwrap
 import time
 from pathlib import Path
 
+from pitdist.bench.options import BenchOptionError, int_list
+
+INT_LIST = int_list(2, "2,4,8")  # the list-valued options' type
+
 NUM_CLASSES = 10
 DEFAULT_MODEL = ["--model.dim", "128", "--model.depth", "4", "--model.heads", "4", "--model.pos_embed", "sincos"]
 ATTENTION = ("attention_a2a", "attention_ring")
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not values or any(v < 2 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: give one or more integers >= 2, e.g. 2,4,8")
-    return values
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -54,7 +48,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
             Example
               pitdist bench ring --sp 2,4,8 --side 56 --steps 5"""),
     )
-    p.add_argument("--sp", type=_int_list, default=[2, 4, 8], help="SP sizes P (default 2,4,8; a P whose ranks "
+    p.add_argument("--sp", type=INT_LIST, default=[2, 4, 8], help="SP sizes P (default 2,4,8; a P whose ranks "
                    "would not fit in the memory available is skipped, and said so)")
     p.add_argument("--side", type=int, default=56, help="square image side (default 56: 3,136 tokens)")
     p.add_argument("--channels", type=int, default=1, help="image channels (default 1)")
@@ -62,16 +56,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5, help="timed steps per scheme (default 5)")
     p.add_argument("--project-model", default="base", choices=["tiny", "small", "base"],
                    help="PiT size for the 64-rank projection (default base: 12 heads)")
-    p.add_argument("--project-sides", type=_int_list, default=[224, 512], help="image sides to project (default 224,512)")
+    p.add_argument("--project-sides", type=INT_LIST, default=[224, 512], help="image sides to project (default 224,512)")
     p.add_argument("--project-world", type=int, default=64, help="ranks of the projection (default 64)")
-    p.add_argument("--project-sp", type=_int_list, default=[4, 16, 64],
+    p.add_argument("--project-sp", type=INT_LIST, default=[4, 16, 64],
                    help="SP sizes P of the projection, each dividing its ranks (default 4,16,64)")
     p.add_argument("--out", default=None, help="JSON output (default runs/bench-ring-<time>.json; the PNG beside it)")
     return p
-
-
-class BenchOptionError(ValueError):
-    pass
 
 
 def _cores() -> int:

@@ -29,13 +29,16 @@ the cores, and step-time ratios then measure that, not what P devices would do.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import textwrap
 import time
 from pathlib import Path
+
+from pitdist.bench.options import BenchOptionError, int_list, write_json
+
+INT_LIST = int_list(1, "1,2,4")  # the list-valued options' type
 
 NUM_CLASSES = 10
 # Model defaults: PiT-Tiny's width and depth (192, 12) with 4 heads so P = 1, 2, 4 all divide them.
@@ -45,16 +48,6 @@ GIB = 1024**3
 
 
 # --- command line ------------------------------------------------------------------------------------
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: give one or more integers >= 1, e.g. 1,2,4")
-    return values
 
 
 def _parts(text: str) -> list[str]:
@@ -102,7 +95,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--sp", type=_int_list, default=[1, 2, 4], metavar="LIST",
+    p.add_argument("--sp", type=INT_LIST, default=[1, 2, 4], metavar="LIST",
                    help="SP sizes P to compare, comma-separated; must include 1, the baseline of every ratio "
                         "(default: 1,2,4)")
     p.add_argument("--parts", type=_parts, default=list(PARTS), metavar="LIST",
@@ -110,7 +103,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=28, metavar="SIDE",
                    help="image side (pixels) of the activation-memory part (default: 28, i.e. 784 tokens)")
     p.add_argument("--channels", type=int, default=1, metavar="C", help="image channels C (default: 1)")
-    p.add_argument("--time-sizes", type=_int_list, default=[28, 56], metavar="LIST",
+    p.add_argument("--time-sizes", type=INT_LIST, default=[28, 56], metavar="LIST",
                    help="image sides of the step-time part, comma-separated (default: 28,56)")
     p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed warm-up steps before timing (default: 2)")
     p.add_argument("--steps", type=int, default=5, metavar="N", help="timed steps per (P, size); the median is reported "
@@ -145,10 +138,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 # --- planning (driver) -------------------------------------------------------------------------------
-
-
-class BenchOptionError(ValueError):
-    """A benchmark option cannot work; the message names it and what would."""
 
 
 def _tokens(side: int, patch: int) -> int:
@@ -749,12 +738,6 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _write_json(report: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(path)
-
-
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
     """`pitdist bench sp`: returns the exit status."""
     from pitdist.config import ConfigError
@@ -816,9 +799,9 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
             print(f"pitdist bench sp: a rank failed with P = {p}:\n{exc}", file=sys.stderr)
             return 1
         report = {**header, **aggregate(results, args, cfg, threads), "raw": {str(k): v for k, v in results.items()}}
-        _write_json(report, out)
+        write_json(report, out)
     report["complete"] = True
-    _write_json(report, out)
+    write_json(report, out)
     plot(report, png)
     print(render(report))
     print(f"\nJSON: {out}\nplot: {png}")

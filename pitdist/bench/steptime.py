@@ -26,6 +26,10 @@ import textwrap
 import time
 from pathlib import Path
 
+from pitdist.bench.options import BenchOptionError, int_list
+
+INT_LIST = int_list(1, "1,2,4")  # the list-valued options' type
+
 PARTS = ("compute", "all_to_all", "grad_reduce", "other_comm", "data_wait")
 CATEGORY_PART = {"attention_a2a": "all_to_all", "attention_ring": "all_to_all", "grad_reduce": "grad_reduce",
                  "pe_grad_reduce": "grad_reduce", "zero_param_gather": "grad_reduce", "pe_param_gather": "grad_reduce",
@@ -46,20 +50,6 @@ EPILOG = textwrap.dedent(
 )
 
 
-class BenchOptionError(ValueError):
-    """An option cannot work; the message names it and what would."""
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give one or more integers >= 1, e.g. 1,2,4")
-    return values
-
-
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "steptime",
@@ -70,7 +60,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--sp", type=_int_list, default=[1, 2, 4], metavar="LIST", help="SP sizes P (default: 1,2,4)")
+    p.add_argument("--sp", type=INT_LIST, default=[1, 2, 4], metavar="LIST", help="SP sizes P (default: 1,2,4)")
     p.add_argument("--dp", type=int, default=1, help="data-parallel groups Q for every P (default: 1)")
     p.add_argument("--dataset", default="synthetic:28x28x1:512",
                    help="dataset (default: synthetic:28x28x1:512, 784 tokens per image)")
