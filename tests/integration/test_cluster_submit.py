@@ -12,7 +12,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,19 +20,15 @@ from pathlib import Path
 
 import psutil
 import pytest
+from ports import free_ports
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_ports(n: int) -> list[int]:
+def ray_ports(n: int) -> list[int]:
     """Ephemeral ports (above Ray's worker range 10002-19999), all distinct."""
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    ports = free_ports(n)
     assert all(p > 19999 for p in ports)
     return ports
 
@@ -119,9 +114,9 @@ def cluster(tmp_path_factory):
     token.write_text(secrets.token_hex(32))
     head_ports = dict(zip(["RAY_PORT", "DASHBOARD_PORT", "CLIENT_SERVER_PORT", "METRICS_EXPORT_PORT",
                            "AGENT_LISTEN_PORT", "AGENT_GRPC_PORT", "RUNTIME_ENV_AGENT_PORT",
-                           "OBJECT_MANAGER_PORT", "NODE_MANAGER_PORT"], free_ports(9)))
+                           "OBJECT_MANAGER_PORT", "NODE_MANAGER_PORT"], ray_ports(9)))
     worker_ports = dict(zip(["METRICS_EXPORT_PORT", "AGENT_LISTEN_PORT", "AGENT_GRPC_PORT",
-                             "RUNTIME_ENV_AGENT_PORT", "OBJECT_MANAGER_PORT", "NODE_MANAGER_PORT"], free_ports(6)))
+                             "RUNTIME_ENV_AGENT_PORT", "OBJECT_MANAGER_PORT", "NODE_MANAGER_PORT"], ray_ports(6)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PITDIST_"))}
     # Like a CPU cluster image: pitdist on PATH, DeepSpeed told it is on CPU, one token for all nodes.
     # (Every pitdist process puts its interpreter's directory first on PATH itself, so DeepSpeed's op

