@@ -165,9 +165,9 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path, *,
                 step_start = time.perf_counter()
                 with ledger.in_phase("data"):
                     ids, tokens, labels = batches(step)
-                data_wait = time.perf_counter() - step_start
-                id_log.write(step, step // batches.steps_per_epoch, ids)
                 t_data = time.perf_counter()
+                data_wait = t_data - step_start
+                id_log.write(step, step // batches.steps_per_epoch, ids)
                 with ledger.in_phase("forward"):
                     loss = F.cross_entropy(engine(tokens, batches.positions).float(), labels)
                 t_fwd = time.perf_counter()
@@ -186,10 +186,10 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path, *,
                 log.step(step, losses[-1], engine.get_lr()[0])
                 # Wall time of each phase on this rank; with the ledger's seconds per category this
                 # splits a step into compute, communication and data wait (pitdist bench steptime).
+                step_s = time.perf_counter() - step_start
                 step_times.append({"step": step, "data_s": data_wait, "forward_s": t_fwd - t_data,
-                                   "backward_s": t_bwd - t_fwd, "optimizer_s": t_opt - t_bwd,
-                                   "total_s": time.perf_counter() - step_start})
-                exporter.on_step(step, losses[-1], time.perf_counter() - step_start, data_wait)
+                                   "backward_s": t_bwd - t_fwd, "optimizer_s": t_opt - t_bwd, "total_s": step_s})
+                exporter.on_step(step, losses[-1], step_s, data_wait)
                 every = cfg.train.checkpoint_every
                 if every and ((step + 1) % every == 0 or step + 1 == cfg.train.steps):
                     with ledger.in_phase("checkpoint"):
