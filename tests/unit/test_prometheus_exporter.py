@@ -75,10 +75,12 @@ def test_close_waits_for_a_scrape_of_the_final_values(tmp_path):
     scrape(base + 1)  # Prometheus has found this rank
     ex.on_step(0, 1.0, 0.1, 0.0)
     seen = {}
-    threading.Timer(1.0, lambda: seen.update(scrape(base + 1))).start()
+    scraper = threading.Timer(1.0, lambda: seen.update(scrape(base + 1)))
+    scraper.start()
     start = time.monotonic()
     ex.close()
     assert 0.9 < time.monotonic() - start < 30  # returned at the scrape, long before the 60 s linger
+    scraper.join(timeout=30)  # close() returns once the response is served; the scraper may still be parsing it
     assert seen["pitdist_steps_total"].value == 1
 
 
