@@ -20,7 +20,8 @@ usage: docker/build-offline.sh [options]
   --tag NAME:TAG         the pitdist image (pitdist:latest); its build stage is kept as NAME-build:latest
   --base-tag NAME        the debootstrap base image (pitdist-base:bookworm)
   --prometheus-tag NAME  the Prometheus image (pitdist-prometheus:latest); --no-prometheus skips it
-  --mirror URL           Debian mirror for debootstrap and apt (http://deb.debian.org/debian)
+  --mirror URL           Debian mirror for debootstrap and apt (default: the first one this machine's
+                         apt sources name)
   --wheels DIR           a directory of wheels pip may install from (repeatable); default: the local
                          directories in PIP_FIND_LINKS (else pip's find-links setting). Put a CPU
                          torch wheel here for a small image.
@@ -37,7 +38,7 @@ EOF
 }
 
 TAG=pitdist:latest BASE_TAG=pitdist-base:bookworm PROM_TAG=pitdist-prometheus:latest
-MIRROR=http://deb.debian.org/debian
+MIRROR=""
 CACHE="${PITDIST_DOCKER_CACHE:-$HOME/.cache/pitdist-docker}"
 REBUILD_BASE=0
 WHEELS=()
@@ -56,6 +57,12 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
+if [[ -z "$MIRROR" ]]; then
+    # The mirror this machine's apt already uses (first URIs line of its deb822 or one-line sources).
+    MIRROR=$(grep -hoE '^(URIs:|deb) +https?://[^ ]+' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list \
+                 2>/dev/null | head -1 | awk '{print $2}') || true
+    [[ -n "$MIRROR" ]] || { echo "build-offline: no Debian mirror in /etc/apt/sources.list{,.d/*.sources}: name one with --mirror URL" >&2; exit 2; }
+fi
 BUILD_TAG="${TAG%:*}-build:latest"   # the build stage, kept: the layer cache of torch, Ray and DeepSpeed
 DOCKER="${DOCKER:-docker}"
 say() { printf '\033[1m[build-offline]\033[0m %s\n' "$*"; }

@@ -7,6 +7,7 @@ reduction, ZeRO gathers) and its Ulysses layer call deepspeed.comm themselves.
 
 from __future__ import annotations
 
+import builtins
 import os
 import socket
 import sys
@@ -62,9 +63,7 @@ def init_process_group(rank: int, world_size: int, backend: str, master_addr: st
         MASTER_ADDR=master_addr,
         MASTER_PORT=str(master_port),
     )
-    dist.init_distributed(
-        dist_backend=backend, auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s), verbose=False
-    )
+    _init_deepspeed_comm(dist_backend=backend, timeout=timedelta(seconds=timeout_s))
 
 
 def adopt_process_group(backend: str) -> None:
@@ -72,7 +71,25 @@ def adopt_process_group(backend: str) -> None:
     use_interpreter_tools()
     # A cluster's workers need not have the driver's environment.
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if backend == "nccl" else "cpu")
-    dist.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    _init_deepspeed_comm(dist_backend=backend)
+
+
+def _init_deepspeed_comm(**kwargs) -> None:
+    """deepspeed.init_distributed, less its "shm_comm_op built successfully" print: DeepSpeed prints it
+    every time it LOADS the CPU comm op from the cache, in every rank, which reads as a rebuild. A failed
+    build raises; every other print goes through. builtins.print is swapped rather than stdout
+    redirected because Ray Train workers route print() to a logger of their own."""
+    shown = builtins.print
+
+    def print_but_op_notice(*args, **print_kwargs):
+        if not (len(args) == 1 and str(args[0]).endswith("_op built successfully")):
+            shown(*args, **print_kwargs)
+
+    builtins.print = print_but_op_notice
+    try:
+        dist.init_distributed(auto_mpi_discovery=False, verbose=False, **kwargs)
+    finally:
+        builtins.print = shown
 
 
 def is_initialized() -> bool:

@@ -71,8 +71,10 @@ def record_worker(run_dir: Path, rank: int) -> None:
                                                        "pid": os.getpid()}))
 
 
-def init_ray(cfg: JobConfig) -> None:
+def init_ray(cfg: JobConfig, run_dir: Path) -> None:
     import ray
+
+    from pitdist.launch.ray_env import use_embedded_cluster_env
 
     address = cfg.parallel.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -84,6 +86,7 @@ def init_ray(cfg: JobConfig) -> None:
         # stays on: Ray Train's placement-group cleaner polls its state API (and complains every
         # second without it), and a Ray user expects to watch the run there.
         world = cfg.parallel.world_size
+        use_embedded_cluster_env(run_dir)
         ray.init(num_cpus=max(os.cpu_count() or 1, world + 1), include_dashboard=True, dashboard_host="127.0.0.1",
                  _node_ip_address="127.0.0.1")
 
@@ -97,7 +100,7 @@ def launch_ray(cfg: JobConfig, run_dir: Path) -> RunResult:
     from pitdist.train.trainer import split_dataset
 
     world = cfg.parallel.world_size
-    init_ray(cfg)
+    init_ray(cfg, run_dir)
     try:
         # "auto": a GPU per worker when the cluster has GPUs (the driver itself may have none).
         gpus = int(ray.cluster_resources().get("GPU", 0))

@@ -5,6 +5,7 @@ Every run here starts its own embedded Ray cluster (stopped by ``ray.shutdown()`
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,6 +72,20 @@ def test_ray_data_q2_p2_epoch_gives_every_image_once_and_sp_ranks_agree(pitdist_
     for rows in summarize(load_run(path))["rows"]:
         data = next(r for r in rows if r.category == "data")
         assert data.count == 2 and data.sent > 0 and data.ratio == 1.0, data
+
+
+# What a successful run must not print: error- or warning-level lines (Ray's C++ "[... E pid tid]" and
+# Python "ERROR"/"WARNING" lines) and deprecation warnings, which a newcomer reads as something broken.
+NOISE = re.compile(r"\d [EWF] \d+ \d+\]|\bERROR\b|\bWARNING\b|Warning:|deprecat|built successfully", re.I)
+
+
+def test_the_default_job_reads_clean_through_an_epoch_boundary(pitdist_cli, tmp_path):
+    # The default job (Ray launcher, embedded cluster, Ray Data, SP = 2), past its first epoch of 44 steps.
+    proc = pitdist_cli("train", "--train.steps", "50", "--train.output_dir", str(tmp_path), check=True)
+    output = proc.stdout + proc.stderr
+    assert "done: 50 steps" in output and "communication (measured by the ledger" in output
+    noise = [line for line in output.splitlines() if NOISE.search(line)]
+    assert noise == [], "\n".join(noise)
 
 
 def test_a_device_the_cluster_lacks_is_refused_instead_of_waiting_forever(pitdist_cli, tmp_path):
