@@ -54,7 +54,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from pitdist.distributed.parallel_dims import MeshError
+    from pitdist.parallel_dims import MeshError
 
     config_path = args.config
     if config_path is None and os.path.exists(DEFAULT_JOB):
@@ -69,7 +69,7 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
         cfg = load_config(config_path, overrides)
         # Imported late: torch/deepspeed take seconds to import, --help and config errors should not.
         from pitdist.launch.local import LaunchError, launch_local, make_run_dir
-        from pitdist.train.trainer import validate_job
+        from pitdist.train.validate import validate_job
 
         validate_job(cfg)
     except (ConfigError, MeshError) as exc:
@@ -107,9 +107,9 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
         f"{result.dropped_per_epoch} | {result.run_dir}"
     )
     if cfg.metrics.ledger:
-        from pitdist.metrics.comm_report import format_summary, load_run, summarize
+        from pitdist.report.comm_report import format_summary, load_run, summarize
 
-        print("\ncommunication (measured by the ledger, model from pitdist.metrics.comm_model):")
+        print("\ncommunication (measured by the ledger, model from pitdist.report.comm_model):")
         print(format_summary(summarize(load_run(result.run_dir))))
     return 0
 
@@ -159,11 +159,11 @@ def _int_list(option: str, text: str) -> list[int]:
 
 
 def _comm_report(args: argparse.Namespace, overrides: list[str]) -> int:
-    from pitdist.distributed.parallel_dims import MeshError
+    from pitdist.parallel_dims import MeshError
     from pitdist.metrics import comm_sweep
 
     if args.prometheus:
-        from pitdist.metrics.prometheus_query import PrometheusQueryError, live_report
+        from pitdist.report.prometheus_query import PrometheusQueryError, live_report
 
         try:
             print(live_report(args.prometheus, args.run_id, args.lookback))
@@ -248,8 +248,8 @@ def _comm_model_parser(sub) -> argparse.ArgumentParser:
 
 
 def _comm_model(args: argparse.Namespace, overrides: list[str]) -> int:
-    from pitdist.metrics.comm_model import projection_table, scheme_table
-    from pitdist.metrics.comm_sweep import VARIANTS
+    from pitdist.report.comm_model import projection_table, scheme_table
+    from pitdist.launch.sweep import VARIANTS
 
     try:
         h, w, c = (int(v) for v in args.image.split("x"))
@@ -268,7 +268,7 @@ def _comm_model(args: argparse.Namespace, overrides: list[str]) -> int:
         print(scheme_table(cfg.model, (h, w, c), args.classes, args.batch, args.dp, sps, args.zero, cfg.optim.grad_clip,
                            variants, args.bytes))
         return 0
-    from pitdist.distributed.parallel_dims import MeshError, ParallelDims
+    from pitdist.parallel_dims import MeshError, ParallelDims
 
     n = (h // cfg.model.patch_size) * (w // cfg.model.patch_size)
     for sp in sps:

@@ -218,7 +218,7 @@ class MetricsConfig:
     # the ledger against (slower: the comms logger synchronises after every call).
     crosscheck: bool = False
     # Serve each rank's metrics to Prometheus at prometheus_host:(prometheus_port + rank); 0 = off
-    # (pitdist.metrics.prometheus). Bind 0.0.0.0 for a Prometheus on another machine.
+    # (pitdist.observe.prometheus). Bind 0.0.0.0 for a Prometheus on another machine.
     prometheus_port: int = 0
     prometheus_host: str = "127.0.0.1"
     # A directory Prometheus' file_sd_configs watches: each rank writes its target there while it

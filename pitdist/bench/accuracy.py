@@ -108,7 +108,7 @@ def cell_key(cell: dict) -> str:
 def configs(args: argparse.Namespace, overrides: list[str], out_dir: Path) -> list[tuple[dict, object]]:
     """(cell, JobConfig) for every cell, all validated before the first run starts."""
     from pitdist.config import ConfigError, load_config
-    from pitdist.train.trainer import validate_job
+    from pitdist.train.validate import validate_job
 
     bad = [o for o in overrides if o.startswith("--") and not o.startswith("--model.")]
     if bad:
@@ -136,7 +136,7 @@ def configs(args: argparse.Namespace, overrides: list[str], out_dir: Path) -> li
             str(out_dir), "--name", f"acc-{cell['model'].lower()}{cell['patch']}-{cell['pos_embed']}-s{cell['seed']}",
         ])
         if not out:  # the first cell reads the dataset: every cell uses the same one
-            from pitdist.train.trainer import split_dataset
+            from pitdist.data.registry import split_dataset
 
             train_data, _ = split_dataset(cfg)
             h, w, _ = train_data.image_shape
@@ -219,7 +219,7 @@ def plot(report: dict, path: Path) -> None:
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
     from pitdist.config import ConfigError
-    from pitdist.distributed.parallel_dims import MeshError
+    from pitdist.parallel_dims import MeshError
 
     if args.from_json:
         try:
@@ -247,7 +247,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     import torch
 
     from pitdist.launch.local import launch_local, make_run_dir
-    from pitdist.train.trainer import split_dataset
+    from pitdist.data.registry import split_dataset
 
     out.parent.mkdir(parents=True, exist_ok=True)
     png.parent.mkdir(parents=True, exist_ok=True)

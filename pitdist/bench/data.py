@@ -92,9 +92,9 @@ def _dataset(root: Path, shape, rows: int, fmnist: str, shard_mb: float) -> tupl
 def _local(path: Path, batch: int, sp: int) -> dict:
     import torch
 
-    from pitdist.data.dataset import load_dataset
+    from pitdist.data.registry import load_dataset
     from pitdist.data.sharding import BatchSchedule
-    from pitdist.distributed.parallel_dims import ParallelDims
+    from pitdist.parallel_dims import ParallelDims
     from pitdist.models.pit import pixels_to_tokens
 
     t0 = time.perf_counter()
@@ -125,7 +125,7 @@ def _ray(path: Path, batch: int, sp: int) -> dict:
     import torch
 
     from pitdist.data.ray_reader import iter_pixel_batches, ray_dataset
-    from pitdist.distributed.parallel_dims import ParallelDims
+    from pitdist.parallel_dims import ParallelDims
     from pitdist.models.pit import pixels_to_tokens
 
     warnings.filterwarnings("ignore", "The given NumPy array is not writable")  # Ray's buffers are read-only
@@ -151,7 +151,7 @@ def _train_rate(model_cfg, shape, batch: int, steps: int, max_tokens: int) -> di
     import torch
     import torch.nn.functional as F
 
-    from pitdist.metrics.flops import flops_per_image
+    from pitdist.observe.flops import flops_per_image
     from pitdist.models.pit import build_model
 
     h, w, c = shape

@@ -38,7 +38,7 @@ def per_call_seconds(rounds: int = 30, calls: int = 200) -> tuple[float, float]:
     import torch
 
     from pitdist.distributed import comm
-    from pitdist.distributed.ledger import CommLedger
+    from pitdist.observe.ledger import CommLedger
 
     comm.init_process_group(0, 1, "gloo", "127.0.0.1", comm.free_port())
     try:
@@ -60,7 +60,7 @@ def per_call_seconds(rounds: int = 30, calls: int = 200) -> tuple[float, float]:
 
 def calls_per_step(output_dir: str) -> int:
     """Collectives per training step of rank 0 in the newest ledger-on run of this benchmark."""
-    from pitdist.distributed.ledger import per_step_totals
+    from pitdist.observe.categories import per_step_totals
 
     newest = max(Path(output_dir).glob("ledger-True-*/comm/rank0.json"), key=lambda p: p.stat().st_mtime)
     rows = json.loads(newest.read_text())["rows"]

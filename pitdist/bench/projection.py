@@ -1,6 +1,6 @@
 """`pitdist bench projection`: the communication and memory model carried to GPU clusters.
 
-Pure computation (no ranks, no training): pitdist.metrics.comm_model.step_traffic (the model every
+Pure computation (no ranks, no training): pitdist.report.comm_model.step_traffic (the model every
 measurement of the ledger matched to the byte on this machine) for PiT-T/S/B on 224x224x3 images
 (50,176 pixel tokens) on W = 8, 64, 512 GPUs, each SP group of P ranks taking one image per step
 (Q = W / P groups), bf16. For each P the attention runs as Ulysses over the largest U that divides
@@ -113,8 +113,8 @@ def sp_sizes(w: int, max_sp: int, tokens: int) -> list[int]:
 
 def traffic_rows(args: argparse.Namespace) -> list[dict]:
     from pitdist.config import ModelConfig
-    from pitdist.distributed.parallel_dims import valid_factorisations
-    from pitdist.metrics.comm_model import attention_sent, param_counts, scheme_name, step_traffic
+    from pitdist.parallel_dims import valid_factorisations
+    from pitdist.report.comm_model import attention_sent, param_counts, scheme_name, step_traffic
 
     h, w_img, c = args.image
     n = h * w_img
@@ -129,7 +129,7 @@ def traffic_rows(args: argparse.Namespace) -> list[dict]:
                 pairs = valid_factorisations(p, heads, n)
                 if not pairs:
                     continue
-                u, r = pairs[0]  # the largest Ulysses factor: fewest bytes (pitdist.metrics.comm_model.scheme_table)
+                u, r = pairs[0]  # the largest Ulysses factor: fewest bytes (pitdist.report.comm_model.scheme_table)
                 q = w // p
                 t = {name: step_traffic(_model(size, pe, shard), args.image, 1000, q, q, p, 2, 0.0, 2, ring=r)
                      for name, (pe, shard) in {"none": ("none", False), "learned": ("learned", False),
@@ -154,7 +154,7 @@ def traffic_rows(args: argparse.Namespace) -> list[dict]:
 def memory_rows(args: argparse.Namespace) -> list[dict]:
     """Activation bytes per image and the smallest power-of-two P that fits each GPU, per model and side."""
     from pitdist.config import ModelConfig
-    from pitdist.metrics.comm_model import param_counts
+    from pitdist.report.comm_model import param_counts
 
     c = args.image[2]
     w = max(args.gpus)

@@ -4,7 +4,7 @@ For each P, every (ulysses U, ring R) split of the P ranks that the model allows
 runs in one spawned gloo process group on the same image: the real model parallelized by
 ``parallelize()``, a real DeepSpeed engine (ZeRO 0, fp32, AdamW), one image per step. Each rank's
 communication ledger counts the bytes it sends per step by cause, set beside
-pitdist.metrics.comm_model; a step's time is the slowest rank's (the ranks barrier before it), the
+pitdist.report.comm_model; a step's time is the slowest rank's (the ranks barrier before it), the
 median over the measured steps. The schemes of one P take turns step by step, so that noise from a
 shared machine falls on all of them alike.
 
@@ -86,7 +86,7 @@ RANK_BYTES = int(0.8 * 1024**3)
 def plan(args: argparse.Namespace, overrides: list[str]):
     """(JobConfig, {P: [ring sizes]}, skipped) or raise ConfigError / MeshError / BenchOptionError."""
     from pitdist.config import load_config
-    from pitdist.distributed.parallel_dims import ParallelDims, valid_factorisations
+    from pitdist.parallel_dims import ParallelDims, valid_factorisations
 
     bad = [o for o in overrides if o.startswith("--") and not o.startswith("--model.")]
     if bad:
@@ -117,8 +117,10 @@ def _rank_main(rank: int, world: int, cfg_dict: dict, rings: list[int], side: in
 
     from pitdist.config import config_from_dict
     from pitdist.distributed import comm
-    from pitdist.distributed.ledger import CommLedger, per_step_totals
-    from pitdist.distributed.parallel_dims import Mesh, ParallelDims
+    from pitdist.observe.categories import per_step_totals
+    from pitdist.observe.ledger import CommLedger
+    from pitdist.distributed.mesh import Mesh
+    from pitdist.parallel_dims import ParallelDims
     from pitdist.distributed.parallelize import parallelize
     from pitdist.launch.local import quiet_deepspeed
     from pitdist.models.pit import build_model, pixels_to_tokens
@@ -172,7 +174,7 @@ def _rank_main(rank: int, world: int, cfg_dict: dict, rings: list[int], side: in
 
 
 def aggregate(cfg, schemes: dict[int, list[int]], results: dict[int, list[dict]], side: int, channels: int) -> list[dict]:
-    from pitdist.metrics.comm_model import scheme_name, step_traffic
+    from pitdist.report.comm_model import scheme_name, step_traffic
 
     rows = []
     for p, rings in schemes.items():
@@ -203,8 +205,8 @@ def aggregate(cfg, schemes: dict[int, list[int]], results: dict[int, list[dict]]
 def projection(args: argparse.Namespace) -> list[dict]:
     """The model's bytes per rank per step on ``--project-world`` ranks, every scheme, for each side."""
     from pitdist.config import load_config
-    from pitdist.distributed.parallel_dims import valid_factorisations
-    from pitdist.metrics.comm_model import attention_sent, scheme_name, step_traffic
+    from pitdist.parallel_dims import valid_factorisations
+    from pitdist.report.comm_model import attention_sent, scheme_name, step_traffic
 
     world = args.project_world
     model = load_config(None, ["--model.size", args.project_model, "--model.pos_embed", "sincos"]).model
@@ -304,7 +306,7 @@ def plot(report: dict, path: Path) -> None:
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
     from pitdist.bench.spawn import run_ranks
     from pitdist.config import ConfigError, load_config
-    from pitdist.distributed.parallel_dims import MeshError
+    from pitdist.parallel_dims import MeshError
 
     try:
         cfg, schemes, skipped = plan(args, overrides)

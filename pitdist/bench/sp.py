@@ -171,7 +171,7 @@ def _estimate_rank_bytes(model_cfg, tokens_per_rank: int) -> int:
 def plan(args: argparse.Namespace, overrides: list[str]):
     """Validate options and return (JobConfig, {P: [job, ...]}, notes). Raises ConfigError/MeshError/BenchOptionError."""
     from pitdist.config import ConfigError, load_config
-    from pitdist.distributed.parallel_dims import ParallelDims
+    from pitdist.parallel_dims import ParallelDims
 
     bad = [o for o in overrides if o.startswith("--") and not o.startswith("--model.")]
     if bad:
@@ -524,7 +524,8 @@ def _rank_main(rank: int, world: int, cfg_dict: dict, jobs: list[dict], channels
     import deepspeed
 
     from pitdist.config import config_from_dict
-    from pitdist.distributed.parallel_dims import Mesh, ParallelDims
+    from pitdist.distributed.mesh import Mesh
+    from pitdist.parallel_dims import ParallelDims
 
     deepspeed.utils.logger.setLevel(logging.WARNING)
     cfg = config_from_dict(cfg_dict)
@@ -741,7 +742,7 @@ def plot(report: dict, path: Path) -> None:
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
     """`pitdist bench sp`: returns the exit status."""
     from pitdist.config import ConfigError
-    from pitdist.distributed.parallel_dims import MeshError
+    from pitdist.parallel_dims import MeshError
 
     try:
         cfg, jobs, notes = plan(args, overrides)

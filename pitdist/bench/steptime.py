@@ -1,9 +1,9 @@
 """`pitdist bench steptime`: where a training step's time goes, vs the SP size P.
 
 For each P, a real `pitdist train` job (the trainer and launcher of the repository, one process per
-rank, gloo) runs a few steps; each rank's comm/rank<r>.json then holds, per step, the wall time of
-each phase (`step_times`: data, forward, backward, optimizer) and the ledger's seconds inside every
-collective by cause. A step splits into:
+rank, gloo) runs a few steps; each rank's timing/rank<r>.json then holds, per step, the wall time of
+each phase (the trainer's step timer: data, forward, backward, optimizer) and comm/rank<r>.json the
+ledger's seconds inside every collective by cause. A step splits into:
 
     data wait        fetching the batch (phase "data": indexing, slicing this rank's tokens)
     all-to-all       Ulysses' attention all-to-alls (and ring hops, if any)
@@ -75,7 +75,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def configs(args: argparse.Namespace, overrides: list[str], run_root: Path) -> list:
     from pitdist.config import load_config
-    from pitdist.train.trainer import validate_job
+    from pitdist.train.validate import validate_job
 
     if args.steps <= args.warmup or args.warmup < 0:
         raise BenchOptionError(f"--steps {args.steps} --warmup {args.warmup}: need 0 <= warmup < steps, so that "
@@ -101,16 +101,21 @@ def configs(args: argparse.Namespace, overrides: list[str], run_root: Path) -> l
 
 
 def split_run(run_dir: Path, warmup: int) -> dict:
-    """Mean seconds per step of each part, over ranks and the steps after ``warmup``."""
+    """Mean seconds per step of each part, over ranks and the steps after ``warmup``.
+
+    The trainer's step timer (timing/rank<r>.json) gives each step's wall time and data wait; the
+    ledger's rows of the same steps (comm/rank<r>.json) give the seconds inside collectives."""
+    from pitdist.observe.timer import read_timing
+
     ranks = sorted((run_dir / "comm").glob("rank*.json"), key=lambda f: int(f.stem[4:]))
     if not ranks:
         raise FileNotFoundError(f"{run_dir}: no comm/rank*.json (was the ledger off?)")
     per_rank = []
-    for f in ranks:
+    for f, timing in zip(ranks, read_timing(run_dir)):
         record = json.loads(f.read_text())
-        times = {t["step"]: t for t in record.get("step_times", []) if t["step"] >= warmup}
+        times = {t["step"]: t for t in timing["steps"] if t["step"] >= warmup}
         if not times:
-            raise ValueError(f"{f}: no step_times after warm-up step {warmup}")
+            raise ValueError(f"{run_dir}/timing/rank{timing['rank']}.json: no steps after warm-up step {warmup}")
         comm = {step: dict.fromkeys(PARTS[1:4], 0.0) for step in times}
         for row in record["rows"]:
             if row["step"] in comm:
@@ -118,7 +123,7 @@ def split_run(run_dir: Path, warmup: int) -> dict:
         steps = []
         for step, t in sorted(times.items()):
             c = comm[step]
-            parts = {"data_wait": t["data_s"], **c}
+            parts = {"data_wait": t.get("data_s", 0.0), **c}
             parts["compute"] = t["total_s"] - sum(parts.values())
             steps.append({"step": step, "total_s": t["total_s"], **parts})
         per_rank.append(steps)
@@ -172,7 +177,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     import os
 
     from pitdist.config import ConfigError
-    from pitdist.distributed.parallel_dims import MeshError
+    from pitdist.parallel_dims import MeshError
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/bench-steptime-{stamp}.json")

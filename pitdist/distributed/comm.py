@@ -17,7 +17,7 @@ from datetime import timedelta
 import torch
 from deepspeed import comm as dist
 
-from pitdist.distributed.ledger import record_wait, tag
+from pitdist.observe.ledger import record_wait, tag
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -20,9 +20,10 @@ from torch import nn
 
 from pitdist.config import ModelConfig
 from pitdist.distributed import comm, sharded_pe
-from pitdist.distributed.parallel_dims import Mesh
+from pitdist.distributed.mesh import Mesh
 from pitdist.distributed.ring_attention import RingAttention
 from pitdist.models.pit import PiT
+from pitdist.observe.categories import Category
 from pitdist.models.pos_embed import LearnedPosEmbed
 
 
@@ -46,12 +47,21 @@ class SequenceParallelMeanPool(nn.Module):
         self.num_tokens = num_tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return comm.all_reduce_sum_autograd(x.sum(dim=1), self.sp_group, category="pooling") / self.num_tokens
+        return comm.all_reduce_sum_autograd(x.sum(dim=1), self.sp_group, category=Category.POOLING) / self.num_tokens
 
 
 def is_sharded(param: torch.Tensor) -> bool:
     """True for a parameter that holds different rows on each SP rank."""
     return getattr(param, "sharded_over_sp", False)
+
+
+def gradient_elements(model: nn.Module) -> tuple[int, int]:
+    """(gradient elements the engine reduces together, of which a replicated learned PE table): the
+    split by which reports attribute the engine's gradient bytes to the table. A sharded table is
+    reduced apart from the engine's buckets and counts in neither."""
+    engine = sum(p.numel() for p in model.parameters() if p.requires_grad and not is_sharded(p))
+    pe = getattr(model, "pos_embed", None)
+    return engine, pe.weight.numel() if isinstance(pe, LearnedPosEmbed) else 0
 
 
 def parallelize(model: PiT, mesh: Mesh, cfg: ModelConfig) -> PiT:
@@ -68,7 +78,7 @@ def parallelize(model: PiT, mesh: Mesh, cfg: ModelConfig) -> PiT:
     model.pool = SequenceParallelMeanPool(mesh.sp_group, model.num_tokens)
     if cfg.shard_pos_embed:
         lo, hi = mesh.token_range(model.num_tokens)
-        sharded_pe.create_groups(mesh.sp)
+        sharded_pe.register_groups(mesh)
         model.pos_embed = sharded_pe.ShardedLearnedPosEmbed(model.pos_embed.weight[lo:hi], lo, mesh.sp)
     return model
 
@@ -81,7 +91,7 @@ def consolidated_state_dict(model: PiT, mesh: Mesh) -> dict[str, torch.Tensor]:
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("pos_embed.")}
     pos = model.pos_embed
     if isinstance(pos, sharded_pe.ShardedLearnedPosEmbed):
-        state["pos_embed.weight"] = comm.all_gather_cat(pos.weight.detach(), mesh.sp_group, category="checkpoint").cpu()
+        state["pos_embed.weight"] = comm.all_gather_cat(pos.weight.detach(), mesh.sp_group, category=Category.CHECKPOINT).cpu()
     elif isinstance(pos, LearnedPosEmbed):
         state["pos_embed.weight"] = pos.weight.detach().cpu().clone()
     return state

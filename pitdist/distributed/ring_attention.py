@@ -18,7 +18,7 @@ one hop behind it, collecting every rank's share, and after R hops arrives home 
 
 Bytes per layer and rank, with m = one K+V block (2 * b * tokens * heads * head_dim * e): forward
 R - 1 sends of m; backward R - 1 sends of K+V and R of the dK+dV accumulators: (3R - 2) * m in all
-(pitdist.metrics.comm_model). Every send goes through pitdist.distributed.comm.ring_shift, tagged
+(pitdist.report.comm_model). Every send goes through pitdist.distributed.comm.ring_shift, tagged
 ``attention_ring`` for the ledger.
 """
 

@@ -9,8 +9,8 @@ group is an MoE expert parameter. So the shard is declared as DeepSpeed expert s
   group (not from rank 0), reduces its gradient over the expert-data-parallel group, gives it its own
   ZeRO partition group, and saves it in per-"expert" checkpoint files (one per SP rank), all of which
   need the ``deepspeed_moe.experts.deepspeed_experts.0.weight`` key layout used here.
-* ``create_groups`` makes DeepSpeed's expert groups with expert-parallel size P: expert groups are P
-  consecutive ranks (our SP groups) and expert-data-parallel groups stride by P (our DP groups).
+* ``register_groups`` gives DeepSpeed the mesh's groups as its expert groups of expert-parallel size P:
+  expert groups are the SP groups, expert-data-parallel groups the mesh's ``pe_dp`` groups (DP ranks).
 * ``model_parallel = True`` makes ZeRO 0's gradient clipping count the shard on every SP rank
   (other parameters are replicated over SP and counted once).
 
@@ -32,15 +32,16 @@ def expert_group_name(sp: int) -> str:
     return f"ep_size_{sp}"
 
 
-def create_groups(sp: int) -> None:
-    """Collective: every rank must call it, after the process group exists, before the engine."""
-    if expert_group_name(sp) not in groups._get_expert_data_parallel_group_dict():
-        groups._create_expert_and_data_parallel(sp)
-
-
-def pe_dp_group(sp: int):
-    """The process group the shard's gradient is reduced over (this rank's DP group)."""
-    return groups._get_expert_data_parallel_group(expert_group_name(sp))
+def register_groups(mesh) -> None:
+    """Hand DeepSpeed the mesh's groups as its expert groups for this SP size: expert-parallel = the SP
+    group, expert-data-parallel = the mesh's ``pe_dp_group`` (the DP ranks). DeepSpeed keeps them in
+    module-level dicts keyed by group name, where ``groups._create_expert_and_data_parallel`` would put
+    groups of the same ranks that it made itself; the mesh owns every group, so it registers its own."""
+    name = expert_group_name(mesh.sp)
+    groups._EXPERT_PARALLEL_GROUP[name] = mesh.sp_group
+    groups._EXPERT_PARALLEL_GROUP_RANKS[name] = mesh.sp_ranks
+    groups._EXPERT_DATA_PARALLEL_GROUP[name] = mesh.pe_dp_group
+    groups._EXPERT_DATA_PARALLEL_GROUP_RANKS[name] = mesh.dp_ranks
 
 
 class ShardedLearnedPosEmbed(MoE):
@@ -69,9 +70,9 @@ class ShardedLearnedPosEmbed(MoE):
         return self.deepspeed_moe.experts.deepspeed_experts[0].weight
 
     def set_deepspeed_parallelism(self, use_data_before_expert_parallel_: bool = False) -> None:
-        # The engine calls this on MoE layers to build groups; ours exist already (create_groups).
+        # The engine calls this on MoE layers to build groups; the mesh registered ours (register_groups).
         if self.expert_group_name not in groups._get_expert_data_parallel_group_dict():
-            raise RuntimeError("sharded position table: call pitdist.distributed.sharded_pe.create_groups first")
+            raise RuntimeError("sharded position table: call pitdist.distributed.sharded_pe.register_groups first")
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return add_table_rows(x, self.weight, self.offset, positions)

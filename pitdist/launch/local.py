@@ -13,7 +13,8 @@ from torch.multiprocessing.spawn import ProcessException
 
 from pitdist.config import JobConfig, config_from_dict
 from pitdist.distributed import comm
-from pitdist.distributed.parallel_dims import Mesh, ParallelDims
+from pitdist.distributed.mesh import Mesh
+from pitdist.parallel_dims import ParallelDims
 from pitdist.train.engine import resolve_device
 from pitdist.train.trainer import RunResult, train
 

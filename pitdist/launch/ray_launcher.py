@@ -30,7 +30,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     from pitdist.config import config_from_dict
     from pitdist.distributed import comm
-    from pitdist.distributed.parallel_dims import Mesh, ParallelDims
+    from pitdist.distributed.mesh import Mesh
+    from pitdist.parallel_dims import ParallelDims
     from pitdist.launch.local import quiet_deepspeed, threads_per_rank
     from pitdist.train.checkpoint import RayCheckpoints
     from pitdist.train.engine import resolve_device
@@ -97,7 +98,7 @@ def launch_ray(cfg: JobConfig, run_dir: Path) -> RunResult:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pitdist.distributed.comm import pick_backend
-    from pitdist.train.trainer import split_dataset
+    from pitdist.data.registry import split_dataset
 
     world = cfg.parallel.world_size
     init_ray(cfg, run_dir)

@@ -199,14 +199,14 @@ def build_submission(args: argparse.Namespace, overrides: list[str]) -> tuple[st
 def validate_locally(job: str, overrides: list[str]) -> None:
     """What `pitdist train` would refuse, refused before anything is submitted."""
     from pitdist.config import load_config
-    from pitdist.train.trainer import validate_job  # imports torch: seconds, but only here
+    from pitdist.train.validate import validate_job  # imports torch: seconds, but only here
 
     validate_job(load_config(job, overrides + ["--parallel.launcher", "ray"]))
 
 
 def submit_main(args: argparse.Namespace, overrides: list[str]) -> int:
     from pitdist.config import ConfigError
-    from pitdist.distributed.parallel_dims import MeshError
+    from pitdist.parallel_dims import MeshError
 
     try:
         entrypoint, runtime_env, overrides = build_submission(args, overrides)

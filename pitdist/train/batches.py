@@ -1,7 +1,8 @@
 """What each rank trains on at each step: its DP group's images, cut to its SP rank's pixel tokens.
 
-Two loaders, one contract: ``batches(step)`` returns the group's image ids, this rank's tokens and
-the labels, and every SP rank of a group gets the same ids in the same order.
+Two loaders, one contract: ``batches(step)`` returns a pitdist.train.step.Batch (the group's image ids,
+this rank's tokens, their positions and the labels), and every SP rank of a group gets the same ids in
+the same order.
 
 ``LocalBatches`` (data.loader = "memory") indexes a memory-mapped dataset with the batch schedule, a
 pure function of (seed, step): nothing is sent, and a restored run needs only the step.
@@ -26,8 +27,10 @@ from pitdist.data.dataset import PixelDataset
 from pitdist.data.ray_reader import iter_pixel_batches
 from pitdist.data.sharding import BatchSchedule
 from pitdist.distributed import comm
-from pitdist.distributed.parallel_dims import Mesh
+from pitdist.distributed.mesh import Mesh
 from pitdist.models.pit import pixels_to_tokens
+from pitdist.observe.categories import Category
+from pitdist.train.step import Batch
 
 
 class LocalBatches:
@@ -58,10 +61,10 @@ class LocalBatches:
         """This rank's tokens of images ``index`` of ``data`` (default: the training set)."""
         return self.to_tokens(torch.from_numpy((data or self.data).pixels[index]))
 
-    def __call__(self, step: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    def __call__(self, step: int) -> Batch:
         index = self.schedule.dp_indices(step, self.mesh.dp_rank, self.mesh.dp)
         labels = torch.from_numpy(self.data.labels[index]).to(self.device)
-        return self.data.ids[index], self.tokens(index), labels
+        return Batch(self.tokens(index), self.positions, labels, self.data.ids[index])
 
 
 class StreamedBatches(LocalBatches):
@@ -109,7 +112,7 @@ class StreamedBatches(LocalBatches):
             next(self._stream)
         self._position = (epoch, skip)
 
-    def __call__(self, step: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    def __call__(self, step: int) -> Batch:
         epoch, within = divmod(step, self._steps_per_epoch)
         if self._position != (epoch, within):
             self._open(epoch, skip=within)
@@ -118,6 +121,6 @@ class StreamedBatches(LocalBatches):
         pixels = torch.from_numpy(pixels.copy()).to(self.device)  # Arrow buffers are read-only
         meta = torch.from_numpy(np.stack([ids, labels], axis=1)).to(self.device)
         if self.mesh.sp > 1:
-            pixels = comm.all_gather_cat(pixels, self.mesh.sp_group, category="data")
-            meta = comm.all_gather_cat(meta, self.mesh.sp_group, category="data")
-        return meta[:, 0].cpu().numpy(), self.to_tokens(pixels), meta[:, 1]
+            pixels = comm.all_gather_cat(pixels, self.mesh.sp_group, category=Category.DATA)
+            meta = comm.all_gather_cat(meta, self.mesh.sp_group, category=Category.DATA)
+        return Batch(self.to_tokens(pixels), self.positions, meta[:, 1], meta[:, 0].cpu().numpy())

@@ -10,7 +10,7 @@ from torch import nn
 
 from pitdist.config import JobConfig
 from pitdist.distributed import sharded_pe
-from pitdist.distributed.parallel_dims import Mesh
+from pitdist.distributed.mesh import Mesh
 
 
 def resolve_device(requested: str, local_rank: int) -> torch.device:

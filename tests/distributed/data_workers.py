@@ -9,9 +9,10 @@ import torch
 
 from pitdist.config import load_config
 from pitdist.data.sharding import BatchSchedule
-from pitdist.distributed.parallel_dims import Mesh, ParallelDims
+from pitdist.distributed.mesh import Mesh
+from pitdist.parallel_dims import ParallelDims
 from pitdist.train.batches import LocalBatches
-from pitdist.train.trainer import split_dataset
+from pitdist.data.registry import split_dataset
 
 
 def epoch_from_arrow(rank: int, dataset_dir: str, dp: int, sp: int, batch: int, start: int, stop: int) -> dict:
@@ -25,9 +26,9 @@ def epoch_from_arrow(rank: int, dataset_dir: str, dp: int, sp: int, batch: int, 
     batches = LocalBatches(train_data, schedule, mesh, 1, torch.device("cpu"), torch.float32)
     ids, digests = [], []
     for step in range(start, stop):
-        step_ids, tokens, _ = batches(step)
-        ids.append(np.asarray(step_ids).tolist())
-        digests.append(hashlib.sha256(tokens.numpy().tobytes()).hexdigest())
+        batch = batches(step)
+        ids.append(np.asarray(batch.ids).tolist())
+        digests.append(hashlib.sha256(batch.tokens.numpy().tobytes()).hexdigest())
     return {"dp_rank": mesh.dp_rank, "sp_rank": mesh.sp_rank, "ids": ids, "digests": digests,
             "token_range": list(batches.token_range), "steps_per_epoch": schedule.steps_per_epoch,
             "dropped": schedule.dropped_per_epoch, "num_train": len(train_data),

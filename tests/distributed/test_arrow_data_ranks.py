@@ -8,7 +8,7 @@ from data_workers import epoch_from_arrow
 from spawn import run_ranks
 
 from pitdist.data.convert import convert, make_source
-from pitdist.data.dataset import load_dataset
+from pitdist.data.registry import load_dataset
 from pitdist.models.pit import pixels_to_tokens
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 from spawn import run_ranks
 from workers import comm_runs
 
-from pitdist.metrics.comm_report import crosscheck_table, load_run, summarize
+from pitdist.report.comm_report import crosscheck_table, load_run, summarize
 
 VARIANTS = ["none", "sincos", "learned", "learned-sharded"]
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 from spawn import run_ranks
 from workers import comm_runs, loss_curve, one_step_versus_single_device
 
-from pitdist.metrics.comm_report import crosscheck_table, load_run, summarize
+from pitdist.report.comm_report import crosscheck_table, load_run, summarize
 
 VARIANTS = [("none", False), ("sincos", False), ("learned", False), ("learned", True)]
 pytestmark = pytest.mark.slow

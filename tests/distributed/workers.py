@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from pitdist.config import load_config
-from pitdist.distributed.parallel_dims import Mesh, ParallelDims
+from pitdist.distributed.mesh import Mesh
+from pitdist.parallel_dims import ParallelDims
 from pitdist.distributed.parallelize import consolidated_state_dict, is_sharded, parallelize
 from pitdist.models.pit import build_model, pixels_to_tokens
 from pitdist.train.engine import build_engine
@@ -94,14 +95,14 @@ def batch_ids(rank: int, dp: int, sp: int, steps: int) -> list[list[int]]:
     """The image ids this rank trains on at each step."""
     from pitdist.data.sharding import BatchSchedule
     from pitdist.train.batches import LocalBatches
-    from pitdist.train.trainer import split_dataset
+    from pitdist.data.registry import split_dataset
 
     cfg = load_config(None, ["--parallel.dp", str(dp), "--parallel.sp", str(sp), "--parallel.launcher", "local"])
     mesh = Mesh(ParallelDims(dp, sp))
     train_data, _ = split_dataset(cfg)
     schedule = BatchSchedule(len(train_data), cfg.train.batch_size, cfg.train.seed)
     batches = LocalBatches(train_data, schedule, mesh, 1, torch.device("cpu"), torch.float32)
-    return [np.asarray(batches(s)[0]).tolist() for s in range(steps)]
+    return [np.asarray(batches(s).ids).tolist() for s in range(steps)]
 
 
 def comm_runs(rank: int, dp: int, sp: int, zero: int, variants: list[str], out_dir: str, ring: int = 1,
@@ -110,7 +111,7 @@ def comm_runs(rank: int, dp: int, sp: int, zero: int, variants: list[str], out_d
 
     Built exactly as `pitdist comm-report` builds its runs; returns the run directories.
     """
-    from pitdist.metrics.comm_sweep import variant_config
+    from pitdist.launch.sweep import variant_config
 
     run_dirs = []
     for variant in variants:

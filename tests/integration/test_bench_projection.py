@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pitdist.metrics.comm_model import step_traffic
+from pitdist.report.comm_model import step_traffic
 from pitdist.config import ModelConfig
 
 

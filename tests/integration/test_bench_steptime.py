@@ -19,9 +19,9 @@ def test_tiny_split_adds_up_to_the_step_and_counts_all_to_all_only_with_sp(pitdi
         parts = m["compute"] + m["all_to_all"] + m["grad_reduce"] + m["other_comm"] + m["data_wait"]
         assert parts == pytest.approx(m["total_s"], rel=1e-9) and m["compute"] > 0 and m["data_wait"] > 0
         assert len(row["per_rank"]) == p and all(len(steps) == 2 for steps in row["per_rank"])  # warm-up left out
-        # The steps timed are the trainer's own (comm/rank*.json of the run).
-        record = json.loads((tmp_path / "st" / row["run_dir"].split("/")[-1] / "comm" / "rank0.json").read_text())
-        assert [t["step"] for t in record["step_times"]] == [0, 1, 2]
+        # The steps timed are the trainer's own (its step timer's timing/rank*.json of the run).
+        record = json.loads((tmp_path / "st" / row["run_dir"].split("/")[-1] / "timing" / "rank0.json").read_text())
+        assert [t["step"] for t in record["steps"]] == [0, 1, 2]
     assert rows[1]["mean"]["all_to_all"] == 0 and rows[2]["mean"]["all_to_all"] > 0
     assert "all-to-all" in proc.stdout
 

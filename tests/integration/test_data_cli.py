@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pitdist.data.arrow import DataError
-from pitdist.data.dataset import load_dataset
+from pitdist.data.registry import load_dataset
 
 
 @pytest.fixture(scope="module")

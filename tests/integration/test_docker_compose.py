@@ -35,8 +35,8 @@ import psutil
 import pytest
 from ports import free_ports
 
-from pitdist.metrics.comm_report import load_run
-from pitdist.metrics.prometheus_query import comm_totals, query
+from pitdist.report.comm_report import load_run
+from pitdist.report.prometheus_query import comm_totals, query
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # a cold image build alone takes minutes
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,10 +24,10 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from pitdist.distributed.ledger import Totals
-from pitdist.metrics import dashboard
-from pitdist.metrics.comm_report import load_run, summarize
-from pitdist.metrics.prometheus_query import comm_totals, live_summary, query
+from pitdist.observe.categories import Totals
+from pitdist.report import dashboard
+from pitdist.report.comm_report import load_run, summarize
+from pitdist.report.prometheus_query import comm_totals, live_summary, query
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_YML = ROOT / "cluster" / "prometheus" / "prometheus.yml"
@@ -80,7 +80,7 @@ def test_committed_dashboard_is_the_generators_output():
     committed = (GRAFANA / "dashboards" / "pitdist.json").read_text()
     assert committed == dashboard.render(), (
         "cluster/grafana/dashboards/pitdist.json is stale: "
-        "python -m pitdist.metrics.dashboard > cluster/grafana/dashboards/pitdist.json")
+        "python -m pitdist.report.dashboard > cluster/grafana/dashboards/pitdist.json")
     board = json.loads(committed)
     assert [link["url"] for link in board["links"]] == ["/d/rayDefaultDashboard", "/d/rayTrainDashboard",
                                                          "/d/rayDataDashboard"]

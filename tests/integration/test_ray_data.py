@@ -8,7 +8,7 @@ import pytest
 
 from pitdist.data.arrow import DataError
 from pitdist.data.convert import convert, make_source
-from pitdist.data.dataset import load_dataset
+from pitdist.data.registry import load_dataset
 
 pytestmark = pytest.mark.slow
 

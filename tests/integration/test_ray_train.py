@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pitdist.data.audit import audit, read_logs
-from pitdist.metrics.comm_report import load_run, summarize
+from pitdist.report.comm_report import load_run, summarize
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,9 +15,9 @@ import torch
 from pitdist.config import ConfigError
 from pitdist.data.arrow import DataError, DatasetWriter, arrow_schema, sha256_file
 from pitdist.data.convert import convert, make_source, read_idx
-from pitdist.data.dataset import load_dataset
+from pitdist.data.registry import load_dataset
 from pitdist.data.sharding import BatchSchedule
-from pitdist.distributed.parallel_dims import ParallelDims
+from pitdist.parallel_dims import ParallelDims
 from pitdist.models.pit import pixels_to_tokens
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from pitdist.config import ModelConfig
-from pitdist.metrics.comm_model import param_counts, step_traffic
+from pitdist.report.comm_model import param_counts, step_traffic
 from pitdist.models.pit import build_model
 from pitdist.train.engine import param_groups
 

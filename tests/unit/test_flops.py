@@ -6,7 +6,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from pitdist.config import ModelConfig
-from pitdist.metrics.flops import flops_per_image
+from pitdist.observe.flops import flops_per_image
 from pitdist.models.pit import build_model, pixels_to_tokens
 
 

@@ -16,9 +16,9 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from pitdist.config import ConfigError, load_config
-from pitdist.distributed.ledger import CommLedger
-from pitdist.metrics import prometheus
-from pitdist.metrics.prometheus import ExporterError, PrometheusExporter, metrics_exporter, model_label
+from pitdist.observe.ledger import CommLedger
+from pitdist.observe import prometheus
+from pitdist.observe.prometheus import ExporterError, PrometheusExporter, metrics_exporter, model_label
 
 MESH = SimpleNamespace(rank=1, world_size=2, dp=1, sp=2, dp_rank=0, sp_rank=1)
 
@@ -33,7 +33,7 @@ def exporter(tmp_path, base: int, *extra: str) -> PrometheusExporter:
     cfg = load_config(None, ["--metrics.prometheus_port", str(base), "--metrics.peak_tflops", "0.5",
                              "--metrics.prometheus_sd_dir", str(tmp_path / "targets"), "--train.batch_size", "32",
                              "--model.pos_embed", "learned", "--model.shard_pos_embed", "true", *extra])
-    return PrometheusExporter(cfg, MESH, "run-a", CommLedger(1), torch.nn.Linear(2, 2), tokens_per_image=64,
+    return PrometheusExporter(cfg, MESH, "run-a", CommLedger(1), 0.0, tokens_per_image=64,
                               image_flops=1e9, device=torch.device("cpu"))
 
 
@@ -118,14 +118,14 @@ def test_a_rank_waits_for_its_first_scrape_before_training(tmp_path, capsys):
     cfg = load_config(None, ["--metrics.prometheus_port", str(base), "--metrics.prometheus_linger_s", "60"])
     threading.Timer(1.0, lambda: scrape(base + 1)).start()
     start = time.monotonic()
-    ex = metrics_exporter(cfg, MESH, "r", CommLedger(1), torch.nn.Linear(1, 1), tokens_per_image=1, image_flops=1.0,
+    ex = metrics_exporter(cfg, MESH, "r", CommLedger(1), 0.0, tokens_per_image=1, image_flops=1.0,
                           device=torch.device("cpu"))
     assert 0.9 < time.monotonic() - start < 30
     threading.Timer(0.5, lambda: scrape(base + 1)).start()
     ex.close()
     # Nobody scraping: a warning, then training goes on.
     cfg = load_config(None, ["--metrics.prometheus_port", str(free_port() - 1), "--metrics.prometheus_linger_s", "0.3"])
-    ex = metrics_exporter(cfg, MESH, "r", CommLedger(1), torch.nn.Linear(1, 1), tokens_per_image=1, image_flops=1.0,
+    ex = metrics_exporter(cfg, MESH, "r", CommLedger(1), 0.0, tokens_per_image=1, image_flops=1.0,
                           device=torch.device("cpu"))
     ex.close()
     assert "no scrape of 127.0.0.1" in capsys.readouterr().err
@@ -157,7 +157,7 @@ def test_bind_retries_while_a_previous_rank_still_holds_the_port(tmp_path):
 def test_off_by_default_and_bad_settings_are_refused():
     cfg = load_config(None, [])
     assert cfg.metrics.prometheus_port == 0
-    assert isinstance(metrics_exporter(cfg, MESH, "r", CommLedger(0), torch.nn.Linear(1, 1), tokens_per_image=1,
+    assert isinstance(metrics_exporter(cfg, MESH, "r", CommLedger(0), 0.0, tokens_per_image=1,
                                        image_flops=1.0, device=torch.device("cpu")), prometheus.NoExporter)
     with pytest.raises(ConfigError, match="metrics.prometheus_port"):
         load_config(None, ["--metrics.prometheus_port", "70000"])

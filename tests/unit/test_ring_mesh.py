@@ -3,8 +3,8 @@
 import pytest
 
 from pitdist.config import ConfigError, ModelConfig, config_from_dict, load_config
-from pitdist.distributed.parallel_dims import MeshError, ParallelDims, valid_factorisations
-from pitdist.metrics.comm_model import step_traffic
+from pitdist.parallel_dims import MeshError, ParallelDims, valid_factorisations
+from pitdist.report.comm_model import step_traffic
 
 
 def parallel(*overrides):

@@ -11,7 +11,7 @@ returns the values of the last finished step:
     pitdist_data_wait_seconds(_total)     time spent getting the step's batch (part of the step)
     pitdist_images_total, pitdist_tokens_total   this rank's DP group's images; this rank's tokens
     pitdist_images_per_second, pitdist_tokens_per_second   whole job, from the last step's time
-    pitdist_achieved_flops                training FLOP/s per device (pitdist.metrics.flops)
+    pitdist_achieved_flops                training FLOP/s per device (pitdist.observe.flops)
     pitdist_mfu                           achieved / peak (metrics.peak_tflops; absent when unknown)
     pitdist_memory_bytes{kind}            rss, rss_peak; cuda_allocated, cuda_max_allocated on GPUs
     pitdist_replicated_pe_grad_fraction   share of the engine's gradient elements that belong to a
@@ -101,18 +101,6 @@ def peak_flops(cfg: JobConfig, device: torch.device) -> float | None:
     return None
 
 
-def replicated_pe_fraction(module: torch.nn.Module) -> float:
-    """Share of the engine's gradient elements that are a replicated learned PE table (else 0)."""
-    from pitdist.distributed.parallelize import is_sharded
-    from pitdist.models.pos_embed import LearnedPosEmbed
-
-    pe = getattr(module, "pos_embed", None)
-    if not isinstance(pe, LearnedPosEmbed):
-        return 0.0
-    engine = sum(p.numel() for p in module.parameters() if p.requires_grad and not is_sharded(p))
-    return pe.weight.numel() / engine
-
-
 def advertised_host(host: str) -> str:
     """The address a Prometheus elsewhere reaches this exporter at (for the file_sd target)."""
     if host not in ("", "0.0.0.0", "::"):
@@ -140,7 +128,7 @@ class NoExporter:
 class PrometheusExporter:
     """One rank's /metrics endpoint. The training thread publishes; scrape threads read."""
 
-    def __init__(self, cfg: JobConfig, mesh, run: str, ledger, module: torch.nn.Module, *,
+    def __init__(self, cfg: JobConfig, mesh, run: str, ledger, pe_fraction: float, *,
                  tokens_per_image: int, image_flops: float, device: torch.device):
         m = cfg.metrics
         self.cfg, self.ledger, self.device = cfg, ledger, device
@@ -160,7 +148,7 @@ class PrometheusExporter:
         self.job_images, self.tokens_per_image = cfg.train.batch_size, tokens_per_image
         self.image_flops, self.world = image_flops, mesh.world_size
         self.peak = peak_flops(cfg, device)
-        self.pe_fraction = replicated_pe_fraction(module)
+        self.pe_fraction = pe_fraction  # share of the engine's gradient elements that is a replicated PE table
 
         self._totals = {"steps": 0, "step_seconds": 0.0, "data_wait_seconds": 0.0, "images": 0, "tokens": 0}
         self._last: dict[str, float] = {}
@@ -243,7 +231,7 @@ class PrometheusExporter:
                 "step_seconds": "wall time of the last step", "data_wait_seconds": "batch wait of the last step",
                 "images_per_second": "job images/s from the last step's time",
                 "tokens_per_second": "job tokens/s from the last step's time",
-                "achieved_flops": "training FLOP/s per device (pitdist.metrics.flops)",
+                "achieved_flops": "training FLOP/s per device (pitdist.observe.flops)",
                 "mfu": "achieved FLOP/s over the device's peak (metrics.peak_tflops)"}
         for key, value in last.items():
             if key in docs:
@@ -259,7 +247,7 @@ class PrometheusExporter:
                     CounterMetricFamily("pitdist_comm_handed_bytes_total", "bytes handed to collectives (ledger)",
                                         labels=names),
                     CounterMetricFamily("pitdist_comm_sent_bytes_total",
-                                        "bytes that left this rank (ledger; algorithms in pitdist.distributed.ledger)",
+                                        "bytes that left this rank (ledger; algorithms in pitdist.observe.ledger)",
                                         labels=names),
                     CounterMetricFamily("pitdist_comm_seconds_total", "seconds inside collectives (ledger)",
                                         labels=names)]
@@ -330,12 +318,12 @@ class PrometheusExporter:
             self.sd_file.unlink(missing_ok=True)
 
 
-def metrics_exporter(cfg: JobConfig, mesh, run: str, ledger, module: torch.nn.Module, *, tokens_per_image: int,
+def metrics_exporter(cfg: JobConfig, mesh, run: str, ledger, pe_fraction: float, *, tokens_per_image: int,
                      image_flops: float, device: torch.device) -> PrometheusExporter | NoExporter:
     """The rank's exporter when metrics.prometheus_port is set, else one that does nothing."""
     if not cfg.metrics.prometheus_port:
         return NoExporter()
-    exporter = PrometheusExporter(cfg, mesh, run, ledger, module, tokens_per_image=tokens_per_image,
+    exporter = PrometheusExporter(cfg, mesh, run, ledger, pe_fraction, tokens_per_image=tokens_per_image,
                                   image_flops=image_flops, device=device)
     if mesh.rank == 0:
         last = cfg.metrics.prometheus_port + mesh.world_size - 1

@@ -3,7 +3,7 @@
 Notation: b images per SP group per step, N tokens per image, D width, L layers, P SP ranks, Q DP
 ranks, W = Q*P, e bytes per element; P = U x R when Ulysses runs over U ranks and ring attention over R. Every category gives the bytes a collective is HANDED (the
 tensor passed to it) and the bytes that LEAVE the rank under the algorithm named in
-pitdist.distributed.ledger (ring all-reduce 2n(W-1)/W, all-gather s(W-1), all-to-all n(W-1)/W).
+pitdist.observe.ledger (ring all-reduce 2n(W-1)/W, all-gather s(W-1), all-to-all n(W-1)/W).
 
     attention_a2a     8 per layer (q, k, v, out; forward and backward), each a [b, N/P, D] shard:
                       handed 8*L*b*N*D*e/P, sent that * (U-1)/U (U = P for plain Ulysses).
@@ -215,7 +215,7 @@ def scheme_table(model: ModelConfig, image_shape: tuple[int, int, int], num_clas
     6bND e: the ring costs more bytes than Ulysses at every P > 1 and buys the freedom to pass the
     head count, and its hops overlap the block computations.
     """
-    from pitdist.distributed.parallel_dims import valid_factorisations
+    from pitdist.parallel_dims import valid_factorisations
 
     h, w, _ = image_shape
     n = (h // model.patch_size) * (w // model.patch_size)

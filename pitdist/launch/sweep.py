@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from pitdist.config import JobConfig, load_config
-from pitdist.metrics.comm_report import crosscheck_table, format_summary, load_run, summarize, write_outputs
+from pitdist.report.comm_report import crosscheck_table, format_summary, load_run, summarize, write_outputs
 
 VARIANTS = {
     "none": ["--model.pos_embed", "none", "--model.shard_pos_embed", "false"],
@@ -33,7 +33,7 @@ def variant_config(config: str | None, overrides: list[str], variant: str, dp: i
 def run_sweep(configs: list[JobConfig], progress=print) -> list[str]:
     """Train each config (a few steps) and return the run directories."""
     from pitdist.launch.local import launch_local, make_run_dir
-    from pitdist.train.trainer import validate_job
+    from pitdist.train.validate import validate_job
 
     for cfg in configs:  # refuse a bad mesh before the first run, not after a few
         validate_job(cfg)

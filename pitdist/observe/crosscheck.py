@@ -14,7 +14,8 @@ from collections import defaultdict
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pitdist.distributed.ledger import tensor_bytes
+from pitdist.observe.categories import SAME_AT_C10D
+from pitdist.observe.ledger import tensor_bytes
 
 # c10d op -> (DeepSpeed backend name, index of the argument holding the input)
 _C10D_OPS = {
@@ -37,8 +38,6 @@ _C10D_OPS = {
 }
 
 
-# The dispatcher has one op per direction, blocking or not.
-_SAME_AT_C10D = {"isend": "send", "irecv": "recv"}
 
 
 class C10dCounter(TorchDispatchMode):
@@ -71,18 +70,8 @@ def comms_logger_totals() -> dict[str, list[int]]:
     out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for name, sizes in comms_logger.comms_dict.items():
         op = name.split(" | ")[0]
-        op = _SAME_AT_C10D.get(op, op)
+        op = SAME_AT_C10D.get(op, op)
         for msg_size, (count, *_rest) in sizes.items():
             out[op][0] += count
             out[op][1] += count * msg_size
-    return dict(out)
-
-
-def ledger_totals(rows: list[dict]) -> dict[str, list[int]]:
-    """The ledger's rows folded the same way: {op: [count, handed bytes]}."""
-    out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for r in rows:
-        op = _SAME_AT_C10D.get(r["op"], r["op"])
-        out[op][0] += r["count"]
-        out[op][1] += r["handed_bytes"]
     return dict(out)

@@ -29,10 +29,11 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
+
+from pitdist.observe.categories import LAYER_CATEGORIES, Category, Phase, Totals
 
 # DeepSpeed backend (deepspeed/comm/torch.py) methods the ledger wraps: their parameters in order
 # (its decorators hide the signatures from inspect) and which one holds what the call is handed.
@@ -85,39 +86,25 @@ def sent_bytes(op: str, handed: int, world: int) -> float:
     return handed * (world - 1) / world
 
 
-@dataclass
-class Totals:
-    count: int = 0
-    handed: int = 0
-    sent: float = 0.0
-    seconds: float = 0.0
-
-    def add(self, other: "Totals") -> None:
-        self.count += other.count
-        self.handed += other.handed
-        self.sent += other.sent
-        self.seconds += other.seconds
-
-
-def _classify(op: str, phase: str, handed: int, group: str) -> str:
+def _classify(op: str, phase: str, handed: int, group: str) -> Category:
     """The cause of a collective DeepSpeed issued on its own."""
-    if group == "pe_dp" and phase in ("backward", "optimizer") and handed > 16:
+    if group == "pe_dp" and phase in (Phase.BACKWARD, Phase.OPTIMIZER) and handed > 16:
         # The sharded position table's own group (pitdist.distributed.sharded_pe).
-        return "pe_param_gather" if op.startswith("all_gather") else "pe_grad_reduce"
+        return Category.PE_PARAM_GATHER if op.startswith("all_gather") else Category.PE_GRAD_REDUCE
     if op in ("all_to_all_single", "all_to_all"):
-        return "attention_a2a"  # only the Ulysses layer issues all-to-alls
-    if phase == "init":
-        return "init_broadcast" if op == "broadcast" else "init"
-    if phase == "backward" and op in ("all_reduce", "all_reduce_coalesced", "reduce", "reduce_scatter_tensor",
-                                      "reduce_scatter"):
-        return "grad_reduce"
-    if phase == "optimizer":
+        return Category.ATTENTION_A2A  # only the Ulysses layer issues all-to-alls
+    if phase == Phase.INIT:
+        return Category.INIT_BROADCAST if op == "broadcast" else Category.INIT
+    if phase == Phase.BACKWARD and op in ("all_reduce", "all_reduce_coalesced", "reduce", "reduce_scatter_tensor",
+                                          "reduce_scatter"):
+        return Category.GRAD_REDUCE
+    if phase == Phase.OPTIMIZER:
         if op.startswith("all_gather"):
-            return "zero_param_gather"  # ZeRO 1/2: every rank gathers the updated partitions
+            return Category.ZERO_PARAM_GATHER  # ZeRO 1/2: every rank gathers the updated partitions
         if op == "all_reduce" and handed <= 16:
-            return "grad_norm"
-        return "optimizer"
-    return "other"
+            return Category.GRAD_NORM
+        return Category.OPTIMIZER
+    return Category.OTHER
 
 
 class CommLedger:
@@ -126,13 +113,13 @@ class CommLedger:
     def __init__(self, rank: int = 0):
         self.rank = rank
         self.step: int | None = None
-        self.phase = "init"
+        self.phase: str = Phase.INIT
         self.layer: int | None = None
         self._category: list[str] = []
         self._groups: dict[int, tuple[str, int]] = {}
         self.records: dict[tuple, Totals] = defaultdict(Totals)
         # Running totals by (phase, category, op) over all steps: what live exporters read each step
-        # (pitdist.metrics.prometheus) without rescanning the per-step records.
+        # (pitdist.observe.prometheus) without rescanning the per-step records.
         self.cumulative: dict[tuple[str, str, str], Totals] = defaultdict(Totals)
         self._backend = None
         self._sync_cuda = torch.cuda.is_available()
@@ -142,6 +129,11 @@ class CommLedger:
         from deepspeed import comm as dist
 
         self._groups[id(group)] = (name, dist.get_world_size(group=group))
+
+    def name_groups(self, mesh) -> None:
+        """Name every group of a pitdist.distributed.mesh.Mesh as the mesh does."""
+        for name, group in mesh.named_groups():
+            self.name_group(group, name)
 
     @contextlib.contextmanager
     def category(self, name: str) -> Iterator[None]:
@@ -184,11 +176,13 @@ class CommLedger:
     def record(self, op: str, handed: int, group, seconds: float, count: int = 1) -> None:
         """One call (``count`` 0: only time, e.g. waiting for an isend/irecv issued earlier)."""
         group_name, world = self._group_info(group)
-        category = self._category[-1] if self._category else _classify(op, self.phase, handed, group_name)
-        key = (self.step, self.phase, category, op, group_name, self.layer if category in LAYER_CATEGORIES else None)
+        # Plain strings in the records: rows are sorted and stored as JSON.
+        category = str(self._category[-1] if self._category else _classify(op, self.phase, handed, group_name))
+        phase = str(self.phase)
+        key = (self.step, phase, category, op, group_name, self.layer if category in LAYER_CATEGORIES else None)
         totals = Totals(count, handed, sent_bytes(op, handed, world), seconds)
         self.records[key].add(totals)
-        self.cumulative[(self.phase, category, op)].add(totals)
+        self.cumulative[(phase, category, op)].add(totals)
 
     def _wrap(self, op: str, method):
         params, handed_arg = _BACKEND_OPS[op]
@@ -245,12 +239,6 @@ class CommLedger:
         return out
 
 
-# Categories whose records say which transformer block they belong to.
-LAYER_CATEGORIES = ("attention_a2a", "attention_ring")
-
-# The phases of a training step; init, eval and checkpoint traffic are not per-step.
-STEP_PHASES = ("data", "forward", "backward", "optimizer", "metrics")
-
 # The ledger recording this process, if any: the backend it patches is process-wide too.
 _installed: CommLedger | None = None
 
@@ -270,15 +258,3 @@ def record_wait(op: str, group, seconds: float) -> None:
     were issued, under the same category) to their record, without counting a call."""
     if _installed is not None:
         _installed.record(op, 0, group, seconds, count=0)
-
-
-def per_step_totals(rows: list[dict], by: tuple[str, ...] = ("category",)) -> dict[tuple, Totals]:
-    """Average per training step of the rows of one rank (init and eval are not steps)."""
-    steps = {r["step"] for r in rows if r["step"] is not None and r["phase"] in STEP_PHASES}
-    out: dict[tuple, Totals] = defaultdict(Totals)
-    for r in rows:
-        if r["step"] not in steps or r["phase"] not in STEP_PHASES:
-            continue
-        out[tuple(r[k] for k in by)].add(Totals(r["count"], r["handed_bytes"], r["sent_bytes"], r["seconds"]))
-    n = max(1, len(steps))
-    return {k: Totals(t.count // n, t.handed // n, t.sent / n, t.seconds / n) for k, t in out.items()}

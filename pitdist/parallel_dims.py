@@ -1,4 +1,7 @@
-"""The DP x SP process mesh: validated once from the config, built once per process.
+"""The DP x SP mesh as numbers: validated once from the config, before any process starts.
+
+No processes here (``pitdist.distributed.mesh.Mesh`` builds the groups), so the reports and the
+communication model can reason about meshes without torch.distributed.
 
 Rank layout: rank = dp_rank * P + sp_rank, so an SP group is P consecutive ranks (on one node when P
 divides the GPUs per node: the all-to-alls stay on the fast links) and a DP group strides by P.
@@ -16,8 +19,6 @@ any factorisation, and pooling, position embeddings and data feeding see the sam
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from pitdist.distributed import comm
 
 
 class MeshError(ValueError):
@@ -111,101 +112,3 @@ class ParallelDims:
         """The contiguous global token positions [lo, hi) that SP rank ``sp_rank`` owns."""
         share = num_tokens // self.sp
         return sp_rank * share, (sp_rank + 1) * share
-
-
-class Mesh:
-    """The process groups of one rank, created collectively by every rank in the same order.
-
-    It doubles as the ``mpu`` handed to deepspeed.initialize: DeepSpeed asks it for the sequence-parallel
-    group and the sequence-data-parallel group (over which it reduces gradients and partitions ZeRO
-    state). pitdist's attention layers use ``ulysses_group`` and ``ring_group``, subgroups of the SP group.
-    """
-
-    def __init__(self, dims: ParallelDims):
-        self.dims = dims
-        self.rank = comm.get_rank()
-        self.world_size = comm.get_world_size()
-        if self.world_size != dims.world_size:
-            raise MeshError(
-                f"{self.world_size} processes joined but parallel.dp * parallel.sp = {dims.world_size}"
-            )
-        if dims.sp % dims.ring:
-            raise MeshError(f"parallel.ring = {dims.ring} does not divide parallel.sp = {dims.sp}")
-        self.dp_rank, self.sp_rank = dims.coords(self.rank)
-        self.ring_rank, self.ulysses_rank = dims.sp_coords(self.sp_rank)
-        self.sp_group = self.dp_group = None
-        for d in range(dims.dp):  # every rank must create every group, in the same order
-            group = comm.new_group([d * dims.sp + s for s in range(dims.sp)])
-            if d == self.dp_rank:
-                self.sp_group = group
-        for s in range(dims.sp):
-            group = comm.new_group([d * dims.sp + s for d in range(dims.dp)])
-            if s == self.sp_rank:
-                self.dp_group = group
-        self.sdp_group = comm.new_group(list(range(self.world_size)))
-        # Inside each SP group: Ulysses subgroups (consecutive ranks) and rings (stride U). With only
-        # one of the two schemes, its group is the whole SP group.
-        u, r = dims.ulysses, dims.ring
-        self.ulysses_group = self.sp_group if r == 1 else None
-        self.ring_group = self.sp_group if u == 1 else None
-        if u > 1 and r > 1:
-            for d in range(dims.dp):
-                base = d * dims.sp
-                for ring_rank in range(r):
-                    group = comm.new_group([base + ring_rank * u + i for i in range(u)])
-                    if (d, ring_rank) == (self.dp_rank, self.ring_rank):
-                        self.ulysses_group = group
-                for i in range(u):
-                    group = comm.new_group([base + ring_rank * u + i for ring_rank in range(r)])
-                    if (d, i) == (self.dp_rank, self.ulysses_rank):
-                        self.ring_group = group
-
-    @property
-    def dp(self) -> int:
-        return self.dims.dp
-
-    @property
-    def sp(self) -> int:
-        return self.dims.sp
-
-    @property
-    def ulysses(self) -> int:
-        return self.dims.ulysses
-
-    @property
-    def ring(self) -> int:
-        return self.dims.ring
-
-    def token_range(self, num_tokens: int) -> tuple[int, int]:
-        return self.dims.token_range(self.sp_rank, num_tokens)
-
-    # --- the mpu interface DeepSpeed queries (names are DeepSpeed's) ---------------------------------
-    # The "sequence-parallel group" DeepSpeed sees is always the whole SP group (Ulysses x ring): the
-    # engine's gradient reduction over the sequence-data-parallel group then sums over all P ranks that
-    # share an image, whichever scheme splits its attention.
-    # DeepSpeed recognises a sequence-parallel mpu (as opposed to a Megatron tensor-parallel one) by
-    # this attribute's presence: it then treats model-parallel size as 1 and reduces over SP x DP.
-    def initialize_sequence_parallel(self, *_):
-        raise RuntimeError("pitdist's Mesh builds its groups itself")
-
-    def get_sequence_parallel_group(self):
-        return self.sp_group
-
-    def get_sequence_parallel_world_size(self) -> int:
-        return self.sp
-
-    def get_sequence_parallel_rank(self) -> int:
-        return self.sp_rank
-
-    def get_sequence_data_parallel_group(self):
-        return self.sdp_group
-
-    def get_sequence_data_parallel_world_size(self) -> int:
-        return self.world_size
-
-    def get_sequence_data_parallel_rank(self) -> int:
-        return self.rank
-
-    get_model_parallel_group = get_sequence_parallel_group
-    get_model_parallel_world_size = get_sequence_parallel_world_size
-    get_model_parallel_rank = get_sequence_parallel_rank

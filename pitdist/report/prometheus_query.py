@@ -1,7 +1,7 @@
 """Read pitdist runs back from Prometheus' HTTP API: the communication report without run files.
 
 `pitdist comm-report --prometheus URL [--run-id RUN ...]` builds the same per-category table as
-``--run RUN_DIR`` from the counters every rank exports (pitdist.metrics.prometheus): for each rank,
+``--run RUN_DIR`` from the counters every rank exports (pitdist.observe.prometheus): for each rank,
 the training-step phases' bytes, calls and seconds divided by the steps that rank trained, with a
 replicated learned table's share split out of the gradient all-reduce. The model columns stay empty:
 the analytical model needs the job's full configuration, which lives in the run directory.
@@ -19,9 +19,9 @@ import urllib.parse
 import urllib.request
 from collections import defaultdict
 
-from pitdist.distributed.ledger import STEP_PHASES, Totals
-from pitdist.metrics.comm_model import scheme_name
-from pitdist.metrics.comm_report import CategoryRow, _category_key, split_pe_share
+from pitdist.observe.categories import STEP_PHASES, Totals
+from pitdist.report.comm_model import scheme_name
+from pitdist.report.comm_report import CategoryRow, category_key, split_pe_share
 
 COMM_METRICS = ("calls", "handed_bytes", "sent_bytes", "seconds")
 
@@ -89,7 +89,7 @@ def live_summary(url: str, run: str, lookback: str = "1d") -> dict:
         totals = {k: Totals(t.count // n, t.handed // n, t.sent / n, t.seconds / n) for k, t in by_rank[rank].items()}
         totals = split_pe_share(totals, 1.0, fraction.get(rank, 0.0))  # share = fraction / 1
         rows.append([CategoryRow(k[0], t.count, t.handed, t.sent, t.seconds, None, None)
-                     for k, t in sorted(totals.items(), key=lambda kv: _category_key(kv[0][0]))])
+                     for k, t in sorted(totals.items(), key=lambda kv: category_key(kv[0][0]))])
     first = info[min(info)]
     sp, ring = int(first["sp"]), int(first.get("ring", 1))
     return {"variant": first["pos_embed"].replace("-", " "), "dp": int(first["dp"]), "sp": sp,
@@ -100,7 +100,7 @@ def live_summary(url: str, run: str, lookback: str = "1d") -> dict:
 
 def live_report(url: str, runs: list[str] | None, lookback: str = "1d") -> str:
     """The comm-report text for ``runs`` (default: every run within ``lookback``)."""
-    from pitdist.metrics.comm_sweep import format_blocks
+    from pitdist.launch.sweep import format_blocks
 
     runs = runs or run_ids(url, lookback)
     if not runs:

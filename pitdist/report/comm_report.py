@@ -3,8 +3,8 @@
 A run directory holds config.json and comm/rank<r>.json (written by the trainer). The report takes
 the per-step average of every training step (init, eval and checkpoint traffic are listed apart),
 splits the replicated PE table's share out of the gradient bucket, and sets each category beside
-pitdist.metrics.comm_model. Bytes are per rank per step; "sent" is what leaves the rank under the
-algorithms stated in pitdist.distributed.ledger, "handed" what the collective was given.
+pitdist.report.comm_model. Bytes are per rank per step; "sent" is what leaves the rank under the
+algorithms stated in pitdist.observe.ledger, "handed" what the collective was given.
 """
 
 from __future__ import annotations
@@ -15,12 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pitdist.config import config_from_dict
-from pitdist.distributed.ledger import Totals, per_step_totals
-from pitdist.metrics.comm_model import job_traffic, scheme_name
-from pitdist.metrics.crosscheck import ledger_totals
-
-CATEGORY_ORDER = ["attention_a2a", "attention_ring", "pooling", "grad_reduce", "pe_grad_reduce", "zero_param_gather", "grad_norm",
-                  "metrics", "data"]
+from pitdist.observe.categories import REPORT_ORDER, Totals, ledger_totals, per_step_totals
+from pitdist.report.comm_model import job_traffic, scheme_name
 
 
 @dataclass
@@ -88,7 +84,7 @@ def summarize(run: dict) -> dict:
         totals = per_step_totals(record["rows"], ("category",))
         totals = split_pe_share(totals, record["engine_grad_elements"], record["replicated_pe_elements"])
         rows = []
-        for category in sorted({k[0] for k in totals} | set(model), key=_category_key):
+        for category in sorted({k[0] for k in totals} | set(model), key=category_key):
             t = totals.get((category,), Totals())
             m = model.get(category)
             rows.append(CategoryRow(category, t.count, t.handed, t.sent, t.seconds,
@@ -100,8 +96,9 @@ def summarize(run: dict) -> dict:
             "rows": per_rank}
 
 
-def _category_key(category: str) -> tuple[int, str]:
-    return (CATEGORY_ORDER.index(category) if category in CATEGORY_ORDER else len(CATEGORY_ORDER), category)
+def category_key(category: str) -> tuple[int, str]:
+    """Sort key: REPORT_ORDER first, anything else after it, by name."""
+    return (REPORT_ORDER.index(category) if category in REPORT_ORDER else len(REPORT_ORDER), category)
 
 
 def crosscheck_table(run: dict) -> list[dict]:
@@ -191,7 +188,7 @@ def plot(summaries: list[dict], path: Path) -> None:
     # Left: bytes sent per category, one stacked bar per (variant, mesh).
     labels = [f"{s['variant']}\nQ{s['dp']}xP{s['sp']}{'' if s.get('ring', 1) == 1 else 'r' + str(s['ring'])} "
               f"z{s['zero_stage']}" for s in summaries]
-    categories = sorted({r.category for s in summaries for r in s["rows"][0]}, key=_category_key)
+    categories = sorted({r.category for s in summaries for r in s["rows"][0]}, key=category_key)
     bottom = [0.0] * len(summaries)
     for category in categories:
         values = [next((r.sent for r in s["rows"][0] if r.category == category), 0.0) / 1e6 for s in summaries]

@@ -1,0 +1,28 @@
+"""Which dataset a job names, loaded and split: the one place ``data.dataset`` is interpreted."""
+
+from __future__ import annotations
+
+from pitdist.config import ConfigError, JobConfig
+from pitdist.data.dataset import PixelDataset, synthetic_dataset
+
+
+def load_dataset(name: str) -> PixelDataset:
+    if name == "digits":
+        from pitdist.data.digits import load_digits_dataset
+
+        return load_digits_dataset()
+    if name.startswith("synthetic:"):
+        return synthetic_dataset(name)
+    from pitdist.data.arrow import is_arrow_dataset, open_arrow_dataset
+
+    if is_arrow_dataset(name) or "/" in name or name.startswith("."):
+        # A directory written by `pitdist data convert`: validated, pixels memory-mapped (DataError if bad).
+        ds = open_arrow_dataset(name)
+        return PixelDataset(ds.ids, ds.labels, ds.pixels, ds.class_names, str(ds.path))  # type: ignore[arg-type]
+    raise ConfigError(f"data.dataset = {name!r}: use 'digits', synthetic:HxWxC[:COUNT] or a directory written by "
+                      "`pitdist data convert`")
+
+
+def split_dataset(cfg: JobConfig) -> tuple[PixelDataset, PixelDataset]:
+    """The job's (training, validation) split: deterministic in ``train.seed``."""
+    return load_dataset(cfg.data.dataset).split(cfg.data.val_fraction, seed=cfg.train.seed)
