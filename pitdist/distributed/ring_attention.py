@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 from pitdist.distributed import comm
+from pitdist.observe.categories import Category
 
-CATEGORY = "attention_ring"
+CATEGORY = Category.ATTENTION_RING
 
 
 # --- one block: [b, h, s, d] layout, log-sum-exp in fp32 ------------------------------------------

@@ -11,6 +11,9 @@ reads as something broken; none hides an error of pitdist or of the job:
   one machine has no node to lose to preemption.
 - ``PYTHONWARNINGS``: Ray Train hands Ray Data ``ExecutionOptions.exclude_resources``, which Ray Data
   itself deprecates; the warning is about Ray's code, not the job's, and only that message is ignored.
+- ``GLOO_SOCKET_IFNAME``: the cluster lives on the loopback interface; gloo would otherwise look for
+  the interface the host name resolves to and, where it resolves to nothing (containers, chroots),
+  warn on every worker before falling back to loopback.
 - ``RAY_DATA_LOGGING_CONFIG``: Ray Data's own logging configuration with its console at WARNING, and
   without the notice that progress bars are off (pitdist turns them off: it shows its own). The log
   file in Ray's session directory keeps everything.
@@ -62,12 +65,15 @@ def use_embedded_cluster_env(run_dir: Path) -> None:
     """
     import yaml  # Ray's dependency, and what Ray Data reads the file with
 
+    from pitdist.distributed.comm import bind_gloo_to_loopback
+
     from ray._private.authentication import authentication_token_setup
 
     auth_logger = logging.getLogger(authentication_token_setup.__name__)
     if not any(isinstance(f, HideAuthEnabledNotice) for f in auth_logger.filters):
         auth_logger.addFilter(HideAuthEnabledNotice())
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    bind_gloo_to_loopback()
     warnings = [w for w in os.environ.get("PYTHONWARNINGS", "").split(",") if w]
     if RAY_DATA_DEPRECATION not in warnings:
         os.environ["PYTHONWARNINGS"] = ",".join([*warnings, RAY_DATA_DEPRECATION])

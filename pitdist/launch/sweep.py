@@ -1,4 +1,4 @@
-"""`pitdist comm-report`: run each PE variant for a few steps at a mesh, or read finished runs."""
+"""`pitdist comm-report`'s runs: each PE variant for a few steps at a mesh, then their report."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 from pitdist.config import JobConfig, load_config
-from pitdist.report.comm_report import crosscheck_table, format_summary, load_run, summarize, write_outputs
+from pitdist.report.comm_report import (crosscheck_table, crosscheck_verdict, format_blocks, load_run, summarize,
+                                        write_outputs)
 
 VARIANTS = {
     "none": ["--model.pos_embed", "none", "--model.shard_pos_embed", "false"],
@@ -44,30 +45,6 @@ def run_sweep(configs: list[JobConfig], progress=print) -> list[str]:
         launch_local(cfg, run_dir)
         run_dirs.append(str(run_dir))
     return run_dirs
-
-
-def crosscheck_verdict(rows: list[dict]) -> str:
-    if not rows:
-        return "cross-check: not recorded for these runs (train with --metrics.crosscheck true)"
-    bad = [r for r in rows if not (r["ledger"] == r["comms_logger"] == r["c10d"])]
-    if not bad:
-        ops = sorted({r["op"] for r in rows})
-        return (f"cross-check: ledger = DeepSpeed comms logger = c10d dispatch counter (calls and handed bytes) "
-                f"on every rank for {', '.join(ops)}")
-    lines = ["cross-check MISMATCH (rank op: ledger / comms logger / c10d as [calls, bytes]):"]
-    lines += [f"  rank {r['rank']} {r['op']}: {r['ledger']} / {r['comms_logger']} / {r['c10d']}" for r in bad]
-    return "\n".join(lines)
-
-
-def format_blocks(summaries: list[dict], baseline_variant: str = "none") -> list[str]:
-    """One table per summary, each with its difference from the baseline variant at the same mesh."""
-    blocks = []
-    for s in summaries:
-        base = next((b for b in summaries if b["variant"] == baseline_variant and b["dp"] == s["dp"]
-                     and b["sp"] == s["sp"] and b.get("ring") == s.get("ring") and b["zero_stage"] == s["zero_stage"]
-                     and b["batch_size"] == s["batch_size"]), None)
-        blocks.append(format_summary(s, base if base is not s else None))
-    return blocks
 
 
 def report(run_dirs: list[str], out_dir: Path, baseline_variant: str = "none") -> tuple[str, list[Path]]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pitdist.config import JobConfig, ModelConfig
+from pitdist.observe.categories import LAYER_CATEGORIES, Category
 
 
 @dataclass(frozen=True)
@@ -102,29 +103,29 @@ def step_traffic(
         u = p_ // ring
         if u > 1:
             a2a = 8 * layers * b * n * d * e / p_
-            out["attention_a2a"] = Traffic(8 * layers, a2a, a2a * (u - 1) / u)
+            out[Category.ATTENTION_A2A] = Traffic(8 * layers, a2a, a2a * (u - 1) / u)
         if ring > 1:
             block, hops = 2 * b * n * d * e / p_, 3 * ring - 2
-            out["attention_ring"] = Traffic(2 * hops * layers, 2 * hops * layers * block, hops * layers * block)
+            out[Category.ATTENTION_RING] = Traffic(2 * hops * layers, 2 * hops * layers * block, hops * layers * block)
         pool = 2 * b * d * e
-        out["pooling"] = Traffic(2, pool, 2 * pool * (p_ - 1) / p_)
+        out[Category.POOLING] = Traffic(2, pool, 2 * pool * (p_ - 1) / p_)
 
     # Everything the engine reduces; a sharded table leaves the engine's bucket.
     engine_elems = params.total - (params.pos_embed if sharded else 0)
     bucket = engine_elems * e
     replicated_pe = params.pos_embed if model.pos_embed == "learned" and not sharded else 0
     share = replicated_pe / engine_elems
-    out["grad_reduce"] = Traffic(1, bucket * (1 - share), _ring_allreduce(bucket, world) * (1 - share))
+    out[Category.GRAD_REDUCE] = Traffic(1, bucket * (1 - share), _ring_allreduce(bucket, world) * (1 - share))
     if replicated_pe:
-        out["pe_grad_reduce"] = Traffic(0, bucket * share, _ring_allreduce(bucket, world) * share)
+        out[Category.PE_GRAD_REDUCE] = Traffic(0, bucket * share, _ring_allreduce(bucket, world) * share)
     if sharded:
         shard = params.pos_embed * e
-        out["pe_grad_reduce"] = Traffic(1, shard, _ring_allreduce(shard, q))
+        out[Category.PE_GRAD_REDUCE] = Traffic(1, shard, _ring_allreduce(shard, q))
 
     if zero_stage in (1, 2):
         groups = [params.decay, params.no_decay - (params.pos_embed if sharded else 0)]
         shards = [_zero_partition(g, world) * e for g in groups]
-        out["zero_param_gather"] = Traffic(len(groups), sum(shards), sum(s * (world - 1) for s in shards))
+        out[Category.ZERO_PARAM_GATHER] = Traffic(len(groups), sum(shards), sum(s * (world - 1) for s in shards))
         norms = len(groups) + (1 if sharded else 0)  # the table is an optimizer group of its own
         norm_sent = norms * _ring_allreduce(4, world)
         if sharded:
@@ -132,16 +133,16 @@ def step_traffic(
             # whose norms DeepSpeed averages over that group.
             if q > 1:
                 shard = _zero_partition(params.pos_embed, q) * e
-                out["pe_param_gather"] = Traffic(1, shard, shard * (q - 1))
+                out[Category.PE_PARAM_GATHER] = Traffic(1, shard, shard * (q - 1))
             norm_sent += _ring_allreduce(4, q)
-        out["grad_norm"] = Traffic(norms + sharded, 4 * (norms + sharded), norm_sent)
+        out[Category.GRAD_NORM] = Traffic(norms + sharded, 4 * (norms + sharded), norm_sent)
     elif grad_clip > 0:
-        out["grad_norm"] = Traffic(2, 8, _ring_allreduce(4, p_) + _ring_allreduce(4, world))
+        out[Category.GRAD_NORM] = Traffic(2, 8, _ring_allreduce(4, p_) + _ring_allreduce(4, world))
 
-    out["metrics"] = Traffic(1, 4, _ring_allreduce(4, q))
+    out[Category.METRICS] = Traffic(1, 4, _ring_allreduce(4, q))
     if streamed_data and p_ > 1:
         handed = (b // p_) * (h * w * c + 16)
-        out["data"] = Traffic(2, handed, handed * (p_ - 1))
+        out[Category.DATA] = Traffic(2, handed, handed * (p_ - 1))
     return out
 
 
@@ -177,9 +178,9 @@ def projection_table(model: ModelConfig, image_shape: tuple[int, int, int], num_
         for name, variant in variants.items():
             t = step_traffic(variant, image_shape, num_classes, batch, dp, sp, zero_stage, grad_clip,
                              bytes_per_element)
-            a2a = t["attention_a2a"].sent if "attention_a2a" in t else 0.0
+            a2a = t[Category.ATTENTION_A2A].sent if Category.ATTENTION_A2A in t else 0.0
             pe = sum(v.sent for k, v in t.items() if k.startswith("pe_"))
-            rest = sum(v.sent for k, v in t.items() if not k.startswith("pe_") and k != "attention_a2a")
+            rest = sum(v.sent for k, v in t.items() if not k.startswith("pe_") and k != Category.ATTENTION_A2A)
             total = a2a + pe + rest
 
             def cell(x: float) -> str:
@@ -201,7 +202,7 @@ def scheme_name(sp: int, ring: int = 1) -> str:
 
 def attention_sent(traffic: dict[str, Traffic]) -> float:
     """Bytes the attention layers send: Ulysses all-to-alls plus ring hops."""
-    return sum(traffic[c].sent for c in ("attention_a2a", "attention_ring") if c in traffic)
+    return sum(traffic[c].sent for c in LAYER_CATEGORIES if c in traffic)
 
 
 def scheme_table(model: ModelConfig, image_shape: tuple[int, int, int], num_classes: int, batch: int, dp: int,

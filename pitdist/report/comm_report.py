@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pitdist.config import config_from_dict
-from pitdist.observe.categories import REPORT_ORDER, Totals, ledger_totals, per_step_totals
+from pitdist.observe.categories import REPORT_ORDER, Category, Totals, ledger_totals, per_step_totals
 from pitdist.report.comm_model import job_traffic, scheme_name
 
 
@@ -45,15 +45,15 @@ def split_pe_share(totals: dict[tuple, Totals], engine_elements: int, pe_element
     The table's gradient sits in DeepSpeed's flat bucket with all the others and every element of the
     bucket is reduced exactly once per step, so its bytes are its share of the bucket's elements.
     """
-    grad = totals.get(("grad_reduce",))
+    grad = totals.get((Category.GRAD_REDUCE,))
     if not grad or not pe_elements:
         return totals
     share = pe_elements / engine_elements
     out = dict(totals)
-    out[("grad_reduce",)] = Totals(grad.count, round(grad.handed * (1 - share)), grad.sent * (1 - share),
+    out[(Category.GRAD_REDUCE,)] = Totals(grad.count, round(grad.handed * (1 - share)), grad.sent * (1 - share),
                                    grad.seconds * (1 - share))
-    pe = out.get(("pe_grad_reduce",), Totals())
-    out[("pe_grad_reduce",)] = Totals(pe.count, pe.handed + round(grad.handed * share), pe.sent + grad.sent * share,
+    pe = out.get((Category.PE_GRAD_REDUCE,), Totals())
+    out[(Category.PE_GRAD_REDUCE,)] = Totals(pe.count, pe.handed + round(grad.handed * share), pe.sent + grad.sent * share,
                                       pe.seconds + grad.seconds * share)
     return out
 
@@ -216,3 +216,27 @@ def plot(summaries: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def crosscheck_verdict(rows: list[dict]) -> str:
+    if not rows:
+        return "cross-check: not recorded for these runs (train with --metrics.crosscheck true)"
+    bad = [r for r in rows if not (r["ledger"] == r["comms_logger"] == r["c10d"])]
+    if not bad:
+        ops = sorted({r["op"] for r in rows})
+        return (f"cross-check: ledger = DeepSpeed comms logger = c10d dispatch counter (calls and handed bytes) "
+                f"on every rank for {', '.join(ops)}")
+    lines = ["cross-check MISMATCH (rank op: ledger / comms logger / c10d as [calls, bytes]):"]
+    lines += [f"  rank {r['rank']} {r['op']}: {r['ledger']} / {r['comms_logger']} / {r['c10d']}" for r in bad]
+    return "\n".join(lines)
+
+
+def format_blocks(summaries: list[dict], baseline_variant: str = "none") -> list[str]:
+    """One table per summary, each with its difference from the baseline variant at the same mesh."""
+    blocks = []
+    for s in summaries:
+        base = next((b for b in summaries if b["variant"] == baseline_variant and b["dp"] == s["dp"]
+                     and b["sp"] == s["sp"] and b.get("ring") == s.get("ring") and b["zero_stage"] == s["zero_stage"]
+                     and b["batch_size"] == s["batch_size"]), None)
+        blocks.append(format_summary(s, base if base is not s else None))
+    return blocks

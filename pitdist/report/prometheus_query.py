@@ -21,7 +21,7 @@ from collections import defaultdict
 
 from pitdist.observe.categories import STEP_PHASES, Totals
 from pitdist.report.comm_model import scheme_name
-from pitdist.report.comm_report import CategoryRow, category_key, split_pe_share
+from pitdist.report.comm_report import CategoryRow, category_key, format_blocks, split_pe_share
 
 COMM_METRICS = ("calls", "handed_bytes", "sent_bytes", "seconds")
 
@@ -100,8 +100,6 @@ def live_summary(url: str, run: str, lookback: str = "1d") -> dict:
 
 def live_report(url: str, runs: list[str] | None, lookback: str = "1d") -> str:
     """The comm-report text for ``runs`` (default: every run within ``lookback``)."""
-    from pitdist.launch.sweep import format_blocks
-
     runs = runs or run_ids(url, lookback)
     if not runs:
         raise PrometheusQueryError(f"Prometheus at {url} holds no pitdist run from the last {lookback} "
