@@ -1,1 +1,5 @@
-"""Benchmarks run as `pitdist bench ...` (sp: what Ulysses sequence parallelism buys)."""
+"""Benchmarks run as `pitdist bench NAME`: each a module of this package with add_parser(subparsers)
+and main(args, rest) -> int, registered in BENCHMARKS (in `pitdist bench --help` order). Shared
+helpers live in pitdist.bench.common."""
+
+BENCHMARKS = ("sp", "ledger", "data", "ring", "ray", "accuracy", "steptime", "projection")

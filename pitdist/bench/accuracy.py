@@ -24,7 +24,19 @@ import textwrap
 import time
 from pathlib import Path
 
-from pitdist.bench.options import BenchOptionError, int_list, write_json
+from pitdist.bench.common import (
+    BenchOptionError,
+    choice_list,
+    created,
+    figure,
+    int_list,
+    json_path,
+    only_model_overrides,
+    option_error,
+    plot_path,
+    publish,
+    write_json,
+)
 
 INT_LIST = int_list(None, "0,1,2")  # the list-valued options' type
 
@@ -50,12 +62,7 @@ EPILOG = textwrap.dedent(
 )
 
 
-def _pe_list(text: str) -> list[str]:
-    values = [v for v in text.replace(" ", "").split(",") if v]
-    bad = [v for v in values if v not in PE_VARIANTS]
-    if bad or not values:
-        raise argparse.ArgumentTypeError(f"unknown PE variant(s) {bad or text!r}; choose from {','.join(PE_VARIANTS)}")
-    return values
+_pe_list = choice_list(PE_VARIANTS, "PE variant(s)")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -110,10 +117,7 @@ def configs(args: argparse.Namespace, overrides: list[str], out_dir: Path) -> li
     from pitdist.config import ConfigError, load_config
     from pitdist.train.validate import validate_job
 
-    bad = [o for o in overrides if o.startswith("--") and not o.startswith("--model.")]
-    if bad:
-        raise ConfigError(f"{bad[0]}: `pitdist bench accuracy` takes only --model.KEY VALUE settings besides its own "
-                          f"options (see --help)")
+    only_model_overrides(overrides, "accuracy")
     if any(o in ("--model.patch_size", "--model.pos_embed") for o in overrides):
         raise ConfigError("--model.patch_size / --model.pos_embed: the grid sets them; use --patches, --pe, --vit-pe")
     for name, lowest in (("steps", 1), ("batch_size", 1), ("warmup", 1)):
@@ -186,35 +190,27 @@ def render(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = report["summary"]
     vit_pe = report["vit_pos_embed"]
     panels = [("PiT (p=1) vs ViT, " + vit_pe + " PE", [r for r in rows if r["pos_embed"] == vit_pe]),
               ("PiT position embeddings", [r for r in rows if r["model"] == "PiT"])]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, (title, sub) in zip(axes, panels):
-        labels = [f"{r['model']} p={r['patch']}\n{r['tokens']} tok" if "ViT" in title else r["pos_embed"] for r in sub]
-        x = range(len(sub))
-        ax.bar(x, [r["mean"] * 100 for r in sub], yerr=[r["std"] * 100 for r in sub], capsize=4, color="#9ecae1",
-               label="mean +- std over seeds")
-        for i, r in enumerate(sub):
-            ax.plot([i] * len(r["accuracies"]), [a * 100 for a in r["accuracies"]], "k.", ms=6)
-        ax.set_xticks(list(x))
-        ax.set_xticklabels(labels, fontsize=8)
-        ax.set_ylabel("held-out accuracy %")
-        ax.set_title(title, fontsize=10)
-        low = min((a for r in sub for a in r["accuracies"]), default=0) * 100
-        ax.set_ylim(max(0, low - 10), 100)
-    b = report["budget"]
-    fig.suptitle(f"{report['dataset_name']}: {b['images']:,} training images per run ({b['steps']} steps x "
-                 f"{b['batch_size']}), dots = seeds", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, 2, (11, 4.2)) as (fig, axes):
+        for ax, (title, sub) in zip(axes, panels):
+            labels = [f"{r['model']} p={r['patch']}\n{r['tokens']} tok" if "ViT" in title else r["pos_embed"] for r in sub]
+            x = range(len(sub))
+            ax.bar(x, [r["mean"] * 100 for r in sub], yerr=[r["std"] * 100 for r in sub], capsize=4, color="#9ecae1",
+                   label="mean +- std over seeds")
+            for i, r in enumerate(sub):
+                ax.plot([i] * len(r["accuracies"]), [a * 100 for a in r["accuracies"]], "k.", ms=6)
+            ax.set_xticks(list(x))
+            ax.set_xticklabels(labels, fontsize=8)
+            ax.set_ylabel("held-out accuracy %")
+            ax.set_title(title, fontsize=10)
+            low = min((a for r in sub for a in r["accuracies"]), default=0) * 100
+            ax.set_ylim(max(0, low - 10), 100)
+        b = report["budget"]
+        fig.suptitle(f"{report['dataset_name']}: {b['images']:,} training images per run ({b['steps']} steps x "
+                     f"{b['batch_size']}), dots = seeds", fontsize=10)
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -234,20 +230,18 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         print(render(report) + ("" if report.get("complete") else "\n(incomplete run: the rows above are the runs that finished)"))
         print(f"\nplot: {png}")
         return 0
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out or f"runs/bench-accuracy-{stamp}.json")
-    png = Path(args.plot) if args.plot else out.with_suffix(".png")
+    out = json_path(args.out, "accuracy")
+    png = plot_path(args.plot, out)
     run_root = out.with_suffix("")  # the runs' own directories (result.json, metrics.jsonl, model.pt)
     try:
         cells = configs(args, overrides, run_root)
     except (ConfigError, MeshError, BenchOptionError, FileNotFoundError) as exc:
-        print(f"pitdist bench accuracy: error: {exc}", file=sys.stderr)
-        return 2
+        return option_error("accuracy", exc)
     import deepspeed
     import torch
 
-    from pitdist.launch.local import launch_local, make_run_dir
     from pitdist.data.registry import split_dataset
+    from pitdist.launch.local import launch_local, make_run_dir
 
     out.parent.mkdir(parents=True, exist_ok=True)
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +249,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     side = train_data.image_shape[0]
     m = cells[0][1].model
     report = {
-        "benchmark": "pitdist bench accuracy", "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "complete": False,
+        "benchmark": "pitdist bench accuracy", "created": created(), "complete": False,
         "command": sys.argv, "dataset": args.dataset, "dataset_name": Path(args.dataset).name or args.dataset,
         "image_shape": list(train_data.image_shape), "train_images_available": len(train_data),
         "val_images": len(val_data), "seeds": args.seeds, "vit_pos_embed": args.vit_pe,
@@ -285,8 +279,4 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
               f"val {result.val_accuracy:.2%}, {result.images_per_s:.1f} images/s, {time.perf_counter() - t0:.0f} s",
               file=sys.stderr, flush=True)
     report["complete"] = True
-    write_json(report, out)
-    plot(report, png)
-    print(render(report))
-    print(f"\nJSON: {out}\nplot: {png}")
-    return 0
+    return publish(report, out, png, plot, render)

@@ -23,11 +23,12 @@ import argparse
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
+
+from pitdist.bench.common import hwc, json_path, option_error, write_json
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 GOALS = {"local_images_per_s_28x28": 1_000_000, "ray_images_per_s_per_worker_28x28": 100_000}
@@ -35,7 +36,7 @@ GOALS = {"local_images_per_s_28x28": 1_000_000, "ray_images_per_s_per_worker_28x
 
 def _shape(text: str) -> tuple[int, int, int]:
     try:
-        h, w, c = (int(v) for v in text.split("x"))
+        h, w, c = hwc(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxWxC such as 224x224x3, got {text!r}") from None
     return h, w, c
@@ -94,8 +95,8 @@ def _local(path: Path, batch: int, sp: int) -> dict:
 
     from pitdist.data.registry import load_dataset
     from pitdist.data.sharding import BatchSchedule
-    from pitdist.parallel_dims import ParallelDims
     from pitdist.models.pit import pixels_to_tokens
+    from pitdist.parallel_dims import ParallelDims
 
     t0 = time.perf_counter()
     data = load_dataset(str(path))
@@ -125,8 +126,8 @@ def _ray(path: Path, batch: int, sp: int) -> dict:
     import torch
 
     from pitdist.data.ray_reader import iter_pixel_batches, ray_dataset
-    from pitdist.parallel_dims import ParallelDims
     from pitdist.models.pit import pixels_to_tokens
+    from pitdist.parallel_dims import ParallelDims
 
     warnings.filterwarnings("ignore", "The given NumPy array is not writable")  # Ray's buffers are read-only
     ds, shape, _ = ray_dataset(path)
@@ -151,8 +152,8 @@ def _train_rate(model_cfg, shape, batch: int, steps: int, max_tokens: int) -> di
     import torch
     import torch.nn.functional as F
 
-    from pitdist.observe.flops import flops_per_image
     from pitdist.models.pit import build_model
+    from pitdist.observe.flops import flops_per_image
 
     h, w, c = shape
     measured = shape
@@ -192,11 +193,10 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
             if (h * w) % args.sp:
                 raise ConfigError(f"--sp {args.sp} does not divide the {h * w} tokens of a {h}x{w} image")
     except ConfigError as exc:
-        print(f"pitdist bench data: error: {exc}", file=sys.stderr)
-        return 2
+        return option_error("data", exc)
     import torch
 
-    out = Path(args.out or f"runs/bench-data-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    out = json_path(args.out, "data")
     cores = os.cpu_count() or 1
     report = {"machine": {"cores": cores, "loadavg_before": os.getloadavg()}, "batch_size": args.batch_size,
               "sp": args.sp, "model": {"dim": model_cfg.width, "depth": model_cfg.num_layers, "heads": model_cfg.num_heads},
@@ -231,8 +231,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
             if ray is not None:
                 ray.shutdown()
     report["machine"]["loadavg_after"] = os.getloadavg()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    write_json(report, out)
     print(f"wrote {out}")
     return 0
 

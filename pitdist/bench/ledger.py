@@ -13,6 +13,8 @@ import statistics
 import time
 from pathlib import Path
 
+from pitdist.bench.common import DEFAULT_JOB, default_job, json_path, option_error, write_json
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -23,7 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Example\n  pitdist bench ledger --sp 2 --steps 40 --repeats 3",
     )
-    p.add_argument("--config", default=None, help="job TOML (default: jobs/digits.toml when it exists)")
+    p.add_argument("--config", default=None, help=f"job TOML (default: {DEFAULT_JOB} when it exists)")
     p.add_argument("--dp", type=int, default=1, help="data-parallel groups Q (default 1)")
     p.add_argument("--sp", type=int, default=2, help="SP ranks P (default 2)")
     p.add_argument("--steps", type=int, default=40, help="training steps per run (default 40)")
@@ -68,13 +70,10 @@ def calls_per_step(output_dir: str) -> int:
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
-    import os
-    import sys
-
     from pitdist.config import ConfigError, load_config
     from pitdist.launch.local import launch_local, make_run_dir
 
-    config = args.config or ("jobs/digits.toml" if os.path.exists("jobs/digits.toml") else None)
+    config = default_job(args.config)
     launcher = "single" if args.dp * args.sp == 1 else "local"
     try:
         if args.steps < 2 or args.repeats < 1:
@@ -85,8 +84,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
                                          "--train.output_dir", "runs/bench-ledger", "--name", f"ledger-{on}"])
                 for on in (True, False)}
     except ConfigError as exc:
-        print(f"pitdist bench ledger: error: {exc}", file=sys.stderr)
-        return 2
+        return option_error("ledger", exc)
     per_step: dict[bool, list[float]] = {True: [], False: []}
     for repeat in range(args.repeats):
         for on in (True, False) if repeat % 2 == 0 else (False, True):
@@ -107,8 +105,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     print(f"recording cost, measured per call: {call_on * 1e6:.1f} vs {call_off * 1e6:.1f} us per 4-byte all-reduce "
           f"= {(call_on - call_off) * 1e6:.1f} us x {calls} collectives per step = "
           f"{(call_on - call_off) * calls * 1e3:.3f} ms per step ({(call_on - call_off) * calls / off:.2%} of a step)")
-    out = Path(args.out or f"runs/bench-ledger-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=1))
+    out = json_path(args.out, "ledger")
+    write_json(summary, out)
     print(f"wrote {out}")
     return 0

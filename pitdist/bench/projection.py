@@ -21,14 +21,12 @@ activations / P + state <= the GPU's memory x --usable.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import textwrap
-import time
 from pathlib import Path
 
-from pitdist.bench.options import int_list
+from pitdist.bench.common import created, figure, hwc, int_list, json_path, plot_path, publish
 
 INT_LIST = int_list(1, "8,64,512")  # the list-valued options' type
 
@@ -59,7 +57,7 @@ def _float_list(text: str) -> list[float]:
 
 def _image(text: str) -> tuple[int, int, int]:
     try:
-        h, w, c = (int(v) for v in text.lower().split("x"))
+        h, w, c = hwc(text.lower())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: write HxWxC, e.g. 224x224x3") from None
     if min(h, w, c) < 1:
@@ -218,45 +216,37 @@ def render(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
+    with figure(path, 2, (12, 4.4)) as (fig, axes):
+        ax = axes[0]
+        w = 64 if 64 in report["gpus"] else report["gpus"][len(report["gpus"]) // 2]
+        for size in dict.fromkeys(r["size"] for r in report["traffic"]):
+            sub = [r for r in report["traffic"] if r["size"] == size and r["gpus"] == w]
+            def pts(key):  # zeros (no attention traffic at P = 1, no sharded PE traffic at Q = 1) left off the log axis
+                return [r["sp"] for r in sub if r[key] > 0], [r[key] / GB for r in sub if r[key] > 0]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-    ax = axes[0]
-    w = 64 if 64 in report["gpus"] else report["gpus"][len(report["gpus"]) // 2]
-    for size in dict.fromkeys(r["size"] for r in report["traffic"]):
-        sub = [r for r in report["traffic"] if r["size"] == size and r["gpus"] == w]
-        def pts(key):  # zeros (no attention traffic at P = 1, no sharded PE traffic at Q = 1) left off the log axis
-            return [r["sp"] for r in sub if r[key] > 0], [r[key] / GB for r in sub if r[key] > 0]
-
-        (line,) = ax.plot(*pts("attention_bytes"), "o-", label=f"{size}: attention")
-        ax.plot(*pts("pe_replicated_bytes"), "s--", color=line.get_color(), label=f"{size}: learned PE grad (replicated)")
-        ax.plot(*pts("pe_sharded_bytes"), "^:", color=line.get_color(), label=f"{size}: learned PE grad (sharded)")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel(f"SP ranks P (Q = {w} / P)")
-    ax.set_ylabel("GB sent per GPU per step")
-    h, wi, _ = report["image"]
-    ax.set_title(f"{h}x{wi} on {w} GPUs, 1 image per SP group, bf16", fontsize=10)
-    ax.legend(fontsize=6)
-    ax = axes[1]
-    sides = sorted({r["side"] for r in report["memory"]})
-    for size in dict.fromkeys(r["size"] for r in report["memory"]):
-        sub = [r for r in report["memory"] if r["size"] == size]
-        ax.plot([r["side"] for r in sub], [r["activation_bytes_per_image"] / GB for r in sub], "o-", label=size)
-    for mem in report["memory"][0]["min_sp"] if report["memory"] else []:
-        ax.axhline(float(mem) * report["usable"], color="grey", lw=0.7, ls="--")
-        ax.text(sides[0], float(mem) * report["usable"] * 1.05, f"{mem} GB GPU", fontsize=7, color="grey")
-    ax.set_yscale("log")
-    ax.set_xlabel("image side (pixels, one token each)")
-    ax.set_ylabel("activations per image, GB (bf16)")
-    ax.set_title("one image's activations vs a GPU: above a line, SP is needed", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            (line,) = ax.plot(*pts("attention_bytes"), "o-", label=f"{size}: attention")
+            ax.plot(*pts("pe_replicated_bytes"), "s--", color=line.get_color(), label=f"{size}: learned PE grad (replicated)")
+            ax.plot(*pts("pe_sharded_bytes"), "^:", color=line.get_color(), label=f"{size}: learned PE grad (sharded)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(f"SP ranks P (Q = {w} / P)")
+        ax.set_ylabel("GB sent per GPU per step")
+        h, wi, _ = report["image"]
+        ax.set_title(f"{h}x{wi} on {w} GPUs, 1 image per SP group, bf16", fontsize=10)
+        ax.legend(fontsize=6)
+        ax = axes[1]
+        sides = sorted({r["side"] for r in report["memory"]})
+        for size in dict.fromkeys(r["size"] for r in report["memory"]):
+            sub = [r for r in report["memory"] if r["size"] == size]
+            ax.plot([r["side"] for r in sub], [r["activation_bytes_per_image"] / GB for r in sub], "o-", label=size)
+        for mem in report["memory"][0]["min_sp"] if report["memory"] else []:
+            ax.axhline(float(mem) * report["usable"], color="grey", lw=0.7, ls="--")
+            ax.text(sides[0], float(mem) * report["usable"] * 1.05, f"{mem} GB GPU", fontsize=7, color="grey")
+        ax.set_yscale("log")
+        ax.set_xlabel("image side (pixels, one token each)")
+        ax.set_ylabel("activations per image, GB (bf16)")
+        ax.set_title("one image's activations vs a GPU: above a line, SP is needed", fontsize=10)
+        ax.legend(fontsize=8)
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -272,16 +262,11 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         print("pitdist bench projection: error: --usable must be in (0, 1], --saved-per-token-layer > 0, --max-sp >= 1",
               file=sys.stderr)
         return 2
-    out = Path(args.out or f"runs/bench-projection-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    png = Path(args.plot) if args.plot else out.with_suffix(".png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"benchmark": "pitdist bench projection", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    out = json_path(args.out, "projection")
+    png = plot_path(args.plot, out)
+    report = {"benchmark": "pitdist bench projection", "created": created(),
               "command": sys.argv, "image": list(args.image), "gpus": args.gpus, "bytes_per_element": 2,
               "zero_stage": 2, "images_per_sp_group": 1, "usable": args.usable,
               "saved_per_token_layer": args.saved_per_token_layer, "traffic": traffic_rows(args),
               "memory": memory_rows(args)}
-    out.write_text(json.dumps(report, indent=1))
-    plot(report, png)
-    print(render(report))
-    print(f"\nJSON: {out}\nplot: {png}")
-    return 0
+    return publish(report, out, png, plot, render)

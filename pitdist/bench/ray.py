@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from pitdist.bench.common import DEFAULT_JOB, default_job, stamp, write_json
+
 SETTINGS = {
     "local": ["--launcher", "local", "--data.loader", "memory"],
     "ray / memory": ["--launcher", "ray", "--data.loader", "memory"],
@@ -37,7 +39,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Example\n  pitdist bench ray --sp 2 --steps 100 --repeats 2",
     )
-    p.add_argument("--config", default=None, help="job TOML (default: jobs/digits.toml when it exists)")
+    p.add_argument("--config", default=None, help=f"job TOML (default: {DEFAULT_JOB} when it exists)")
     p.add_argument("--dp", type=int, default=1, help="data-parallel groups Q (default 1)")
     p.add_argument("--sp", type=int, default=2, help="SP ranks P (default 2)")
     p.add_argument("--steps", type=int, default=100, help="training steps per run (default 100)")
@@ -70,12 +72,10 @@ def one_run(config: str | None, setting: list[str], args: argparse.Namespace, ov
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
-    from pitdist.cli import DEFAULT_JOB
-
-    config = args.config or (DEFAULT_JOB if Path(DEFAULT_JOB).exists() else None)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else Path("runs") / f"bench-ray-{stamp}.json"
-    runs_dir = out.parent / f"bench-ray-{stamp}-runs"
+    config = default_job(args.config)
+    when = stamp()
+    out = Path(args.out) if args.out else Path("runs") / f"bench-ray-{when}.json"
+    runs_dir = out.parent / f"bench-ray-{when}-runs"
     samples: dict[str, list[dict]] = {name: [] for name in SETTINGS}
     for r in range(args.repeats):
         for name, setting in SETTINGS.items():
@@ -90,8 +90,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         lines.append(f"{name:<18}{s['step_s'] * 1e3:>9.2f}{s['step_s'] / base['step_s']:>9.2f}x"
                      f"{s['startup_s']:>12.1f}{s['total_s']:>9.1f}")
     print("\n".join(lines))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"dp": args.dp, "sp": args.sp, "steps": args.steps, "repeats": args.repeats,
-                               "overrides": overrides, "summary": summary, "samples": samples}, indent=1))
+    write_json({"dp": args.dp, "sp": args.sp, "steps": args.steps, "repeats": args.repeats,
+                "overrides": overrides, "summary": summary, "samples": samples}, out)
     print(f"wrote {out}")
     return 0

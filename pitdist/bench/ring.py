@@ -18,15 +18,23 @@ and step times then measure that sharing, not P devices. The bytes do not depend
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import textwrap
 import time
 from pathlib import Path
 
-from pitdist.bench.options import BenchOptionError, int_list
+from pitdist.bench.common import (
+    BenchOptionError,
+    cores,
+    figure,
+    int_list,
+    json_path,
+    mem_available,
+    option_error,
+    slowest,
+    write_json,
+)
 
 INT_LIST = int_list(2, "2,4,8")  # the list-valued options' type
 
@@ -64,20 +72,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _mem_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 # A rank is a Python process with torch and DeepSpeed loaded (measured here: about 0.45 GB) plus its
 # activations; the benchmark's images are small next to that.
 RANK_BYTES = int(0.8 * 1024**3)
@@ -97,7 +91,7 @@ def plan(args: argparse.Namespace, overrides: list[str]):
                              "--optim.grad_clip", "0", "--optim.warmup_steps", "1", "--metrics.ledger", "true"])
     tokens = (args.side // cfg.model.patch_size) ** 2
     schemes, skipped = {}, []
-    available = _mem_available()
+    available = mem_available()
     for p in args.sp:
         pairs = valid_factorisations(p, cfg.model.num_heads, tokens)
         if not pairs:  # let the mesh say why, in its words
@@ -113,18 +107,19 @@ def plan(args: argparse.Namespace, overrides: list[str]):
 def _rank_main(rank: int, world: int, cfg_dict: dict, rings: list[int], side: int, channels: int, warmup: int,
                steps: int) -> dict:
     import torch
-    import torch.nn.functional as F
 
     from pitdist.config import config_from_dict
     from pitdist.distributed import comm
-    from pitdist.observe.categories import per_step_totals
-    from pitdist.observe.ledger import CommLedger
     from pitdist.distributed.mesh import Mesh
-    from pitdist.parallel_dims import ParallelDims
     from pitdist.distributed.parallelize import parallelize
     from pitdist.launch.local import quiet_deepspeed
     from pitdist.models.pit import build_model, pixels_to_tokens
+    from pitdist.observe.categories import per_step_totals
+    from pitdist.observe.ledger import CommLedger
+    from pitdist.observe.timer import StepTimer
+    from pitdist.parallel_dims import ParallelDims
     from pitdist.train.engine import build_engine
+    from pitdist.train.step import Batch, train_step
 
     quiet_deepspeed()
     cfg = config_from_dict(cfg_dict)
@@ -139,29 +134,24 @@ def _rank_main(rank: int, world: int, cfg_dict: dict, rings: list[int], side: in
         model = parallelize(build_model(cfg.model, (side, side, channels), NUM_CLASSES), mesh, cfg.model)
         engine = build_engine(model, cfg, mesh, torch.float32)
         lo, hi = mesh.token_range(model.num_tokens)
-        runs.append({"ring": ring, "mesh": mesh, "engine": engine, "ledger": CommLedger(rank),
-                     "tokens": pixels_to_tokens(pixels, cfg.model.patch_size, (lo, hi)),
-                     "positions": torch.arange(lo, hi), "times": [], "losses": []})
+        ledger = CommLedger(rank)
+        runs.append({"ring": ring, "mesh": mesh, "engine": engine, "ledger": ledger, "timer": StepTimer(ledger),
+                     "batch": Batch(pixels_to_tokens(pixels, cfg.model.patch_size, (lo, hi)), torch.arange(lo, hi),
+                                    label), "times": [], "losses": []})
 
     for i in range(warmup + steps):  # one step of each scheme per round
         for run in runs:
-            ledger, engine = run["ledger"].install(), run["engine"]
+            ledger, timer = run["ledger"].install(), run["timer"]
             try:
-                ledger.step = i
+                ledger.step = i  # the barrier counts in this step, outside its timed phases
                 comm.barrier()
-                start = time.perf_counter()
-                with ledger.in_phase("forward"):
-                    loss = F.cross_entropy(engine(run["tokens"], run["positions"]), label)
-                with ledger.in_phase("backward"):
-                    engine.backward(loss / world)  # the engine sums gradients over the SP ranks
-                with ledger.in_phase("optimizer"):
-                    engine.step()
-                elapsed = time.perf_counter() - start
+                with timer.step(i) as t:  # the timer tells the ledger each phase
+                    record = train_step(run["engine"], run["batch"], run["mesh"], timer.phase)
             finally:
                 ledger.uninstall()
             if i >= warmup:
-                run["times"].append(elapsed)
-            run["losses"].append(float(loss.detach()))
+                run["times"].append(t.total_s)
+            run["losses"].append(float(record.loss))
 
     out = []
     for run in runs:
@@ -181,7 +171,7 @@ def aggregate(cfg, schemes: dict[int, list[int]], results: dict[int, list[dict]]
         ranks = results[p]
         for j, ring in enumerate(rings):
             per_rank = [r["runs"][j] for r in ranks]
-            slowest = [max(t) for t in zip(*(r["times"] for r in per_rank))]
+            per_step = slowest([r["times"] for r in per_rank])
             measured = per_rank[0]["by_category"]  # ranks are symmetric; the JSON keeps them all
             model = step_traffic(cfg.model, (side, side, channels), NUM_CLASSES, 1, 1, p, 0, 0.0, 4, ring=ring)
             attn = sum(measured[c]["sent"] for c in ATTENTION if c in measured)
@@ -194,7 +184,7 @@ def aggregate(cfg, schemes: dict[int, list[int]], results: dict[int, list[dict]]
                 "total_sent_bytes": total, "model_total_sent_bytes": total_model,
                 "ratio_to_model": total / total_model if total_model else None,
                 "attention_seconds": sum(measured[c]["seconds"] for c in ATTENTION if c in measured),
-                "step_s": statistics.median(slowest), "steps_s": slowest,
+                "step_s": statistics.median(per_step), "steps_s": per_step,
                 "by_category_rank0": measured,
                 "sent_bytes_per_rank": [sum(v["sent"] for v in r["by_category"].values()) for r in per_rank],
                 "losses_rank0": per_rank[0]["losses"],
@@ -257,50 +247,42 @@ def render(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = report["rows"]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    labels = [f"P={r['sp']}\n{r['scheme']}" for r in rows]
-    xs = range(len(rows))
-    ax = axes[0]
-    ax.bar(xs, [r["attention_sent_bytes"] / 1e6 for r in rows], label="attention (measured)")
-    ax.bar(xs, [(r["total_sent_bytes"] - r["attention_sent_bytes"]) / 1e6 for r in rows],
-           bottom=[r["attention_sent_bytes"] / 1e6 for r in rows], label="everything else")
-    ax.plot(xs, [r["model_total_sent_bytes"] / 1e6 for r in rows], "k_", markersize=18, label="model total")
-    ax.set_xticks(list(xs), labels, fontsize=7)
-    ax.set_ylabel("MB sent per rank per step")
-    ax.set_title(f"{report['side']}x{report['side']} image: bytes per rank")
-    ax.legend(fontsize=7)
-    ax = axes[1]
-    ax.bar(xs, [r["step_s"] for r in rows], color="tab:green")
-    ax.set_xticks(list(xs), labels, fontsize=7)
-    ax.set_ylabel("seconds per training step (median, slowest rank)")
-    ax.set_title(f"step time ({report['machine']['cores']} shared cores)")
-    ax = axes[2]
-    for side in dict.fromkeys(r["side"] for r in report["projection"]):
-        for kind, style in (("ulysses", "o-"), ("ring", "s--"), ("hybrid", "^:")):
-            pts = []
-            for p in sorted({r["sp"] for r in report["projection"] if r["side"] == side}):
-                cands = [r for r in report["projection"] if r["side"] == side and r["sp"] == p
-                         and (r["ring"] == 1 if kind == "ulysses" else r["ulysses"] == 1 if kind == "ring"
-                              else r["ring"] > 1 and r["ulysses"] > 1)]
-                if cands:
-                    pts.append((p, min(c["attention_sent_bytes"] for c in cands)))
-            if pts:
-                ax.plot([p for p, _ in pts], [b / 1e9 for _, b in pts], style, label=f"{side}px {kind}")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel(f"P (Q = {report['projection'][0]['world'] if report['projection'] else '?'} / P)")
-    ax.set_ylabel("GB attention sent per rank per step")
-    ax.set_title(f"projection: PiT-{report['projection_model']['size']}, best of each kind")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, 3, (16, 4.8)) as (fig, axes):
+        labels = [f"P={r['sp']}\n{r['scheme']}" for r in rows]
+        xs = range(len(rows))
+        ax = axes[0]
+        ax.bar(xs, [r["attention_sent_bytes"] / 1e6 for r in rows], label="attention (measured)")
+        ax.bar(xs, [(r["total_sent_bytes"] - r["attention_sent_bytes"]) / 1e6 for r in rows],
+               bottom=[r["attention_sent_bytes"] / 1e6 for r in rows], label="everything else")
+        ax.plot(xs, [r["model_total_sent_bytes"] / 1e6 for r in rows], "k_", markersize=18, label="model total")
+        ax.set_xticks(list(xs), labels, fontsize=7)
+        ax.set_ylabel("MB sent per rank per step")
+        ax.set_title(f"{report['side']}x{report['side']} image: bytes per rank")
+        ax.legend(fontsize=7)
+        ax = axes[1]
+        ax.bar(xs, [r["step_s"] for r in rows], color="tab:green")
+        ax.set_xticks(list(xs), labels, fontsize=7)
+        ax.set_ylabel("seconds per training step (median, slowest rank)")
+        ax.set_title(f"step time ({report['machine']['cores']} shared cores)")
+        ax = axes[2]
+        for side in dict.fromkeys(r["side"] for r in report["projection"]):
+            for kind, style in (("ulysses", "o-"), ("ring", "s--"), ("hybrid", "^:")):
+                pts = []
+                for p in sorted({r["sp"] for r in report["projection"] if r["side"] == side}):
+                    cands = [r for r in report["projection"] if r["side"] == side and r["sp"] == p
+                             and (r["ring"] == 1 if kind == "ulysses" else r["ulysses"] == 1 if kind == "ring"
+                                  else r["ring"] > 1 and r["ulysses"] > 1)]
+                    if cands:
+                        pts.append((p, min(c["attention_sent_bytes"] for c in cands)))
+                if pts:
+                    ax.plot([p for p, _ in pts], [b / 1e9 for _, b in pts], style, label=f"{side}px {kind}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(f"P (Q = {report['projection'][0]['world'] if report['projection'] else '?'} / P)")
+        ax.set_ylabel("GB attention sent per rank per step")
+        ax.set_title(f"projection: PiT-{report['projection_model']['size']}, best of each kind")
+        ax.legend(fontsize=7)
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -311,10 +293,9 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     try:
         cfg, schemes, skipped = plan(args, overrides)
     except (ConfigError, MeshError, BenchOptionError) as exc:
-        print(f"pitdist bench ring: error: {exc}", file=sys.stderr)
-        return 2
-    cores = _cores()
-    threads = {p: max(1, cores // p) for p in schemes}
+        return option_error("ring", exc)
+    ncores = cores()
+    threads = {p: max(1, ncores // p) for p in schemes}
     results = {}
     for p, rings in schemes.items():
         print(f"[bench ring] P={p}: {', '.join(f'ulysses {p // r} x ring {r}' for r in rings)} "
@@ -326,7 +307,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     pm = load_config(None, ["--model.size", args.project_model]).model
     report = {
         "argv": sys.argv[1:],
-        "machine": {"cores": cores, "mem_available_bytes": _mem_available()},
+        "machine": {"cores": ncores, "mem_available_bytes": mem_available()},
         "side": args.side, "channels": args.channels, "tokens": (args.side // cfg.model.patch_size) ** 2,
         "model": {"dim": cfg.model.width, "depth": cfg.model.num_layers, "heads": cfg.model.num_heads,
                   "pos_embed": cfg.model.pos_embed},
@@ -335,9 +316,8 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         "projection_model": {"size": args.project_model, "dim": pm.width, "depth": pm.num_layers, "heads": pm.num_heads},
         "projection": projection(args),
     }
-    out = Path(args.out or f"runs/bench-ring-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    out = json_path(args.out, "ring")
+    write_json(report, out)
     plot(report, out.with_suffix(".png"))
     print(render(report))
     print(f"wrote {out} and {out.with_suffix('.png')}")

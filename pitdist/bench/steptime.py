@@ -26,7 +26,17 @@ import textwrap
 import time
 from pathlib import Path
 
-from pitdist.bench.options import BenchOptionError, int_list
+from pitdist.bench.common import (
+    BenchOptionError,
+    created,
+    figure,
+    int_list,
+    json_path,
+    option_error,
+    plot_path,
+    publish,
+    slowest,
+)
 
 INT_LIST = int_list(1, "1,2,4")  # the list-valued options' type
 
@@ -128,8 +138,8 @@ def split_run(run_dir: Path, warmup: int) -> dict:
             steps.append({"step": step, "total_s": t["total_s"], **parts})
         per_rank.append(steps)
     mean = {k: statistics.fmean(s[k] for steps in per_rank for s in steps) for k in ("total_s", *PARTS)}
-    slowest = [max(steps[i]["total_s"] for steps in per_rank) for i in range(len(per_rank[0]))]
-    return {"mean": mean, "median_slowest_total_s": statistics.median(slowest), "timed_steps": len(per_rank[0]),
+    per_step = slowest([[s["total_s"] for s in steps] for steps in per_rank])
+    return {"mean": mean, "median_slowest_total_s": statistics.median(per_step), "timed_steps": len(per_rank[0]),
             "per_rank": per_rank}
 
 
@@ -147,30 +157,22 @@ def render(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = report["rows"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    labels = [f"P={r['sp']}" for r in rows]
-    names = {"compute": "compute", "all_to_all": "all-to-all", "grad_reduce": "gradient reduction",
-             "other_comm": "other comm", "data_wait": "data wait"}
-    for ax, share in zip(axes, (False, True)):
-        bottom = [0.0] * len(rows)
-        for part in PARTS:
-            vals = [r["mean"][part] / (r["mean"]["total_s"] if share else 1) * (100 if share else 1) for r in rows]
-            ax.bar(labels, vals, bottom=bottom, label=names[part])
-            bottom = [b + v for b, v in zip(bottom, vals)]
-        ax.set_ylabel("% of step" if share else "seconds per step")
-        ax.set_title("share of the step" if share else "step time by part (mean over ranks)", fontsize=10)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{report['model']}, {report['dataset']}, batch {report['batch_size']}, "
-                 f"{report['machine']['cores']} CPU cores shared by the P ranks", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, 2, (11, 4.2)) as (fig, axes):
+        labels = [f"P={r['sp']}" for r in rows]
+        names = {"compute": "compute", "all_to_all": "all-to-all", "grad_reduce": "gradient reduction",
+                 "other_comm": "other comm", "data_wait": "data wait"}
+        for ax, share in zip(axes, (False, True)):
+            bottom = [0.0] * len(rows)
+            for part in PARTS:
+                vals = [r["mean"][part] / (r["mean"]["total_s"] if share else 1) * (100 if share else 1) for r in rows]
+                ax.bar(labels, vals, bottom=bottom, label=names[part])
+                bottom = [b + v for b, v in zip(bottom, vals)]
+            ax.set_ylabel("% of step" if share else "seconds per step")
+            ax.set_title("share of the step" if share else "step time by part (mean over ranks)", fontsize=10)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(f"{report['model']}, {report['dataset']}, batch {report['batch_size']}, "
+                     f"{report['machine']['cores']} CPU cores shared by the P ranks", fontsize=9)
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -179,20 +181,18 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     from pitdist.config import ConfigError
     from pitdist.parallel_dims import MeshError
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out or f"runs/bench-steptime-{stamp}.json")
-    png = Path(args.plot) if args.plot else out.with_suffix(".png")
+    out = json_path(args.out, "steptime")
+    png = plot_path(args.plot, out)
     run_root = out.with_suffix("")
     try:
         cfgs = configs(args, overrides, run_root)
     except (ConfigError, MeshError, BenchOptionError, FileNotFoundError) as exc:
-        print(f"pitdist bench steptime: error: {exc}", file=sys.stderr)
-        return 2
+        return option_error("steptime", exc)
     from pitdist.launch.local import LaunchError, launch_local, make_run_dir, threads_per_rank
 
     out.parent.mkdir(parents=True, exist_ok=True)
     m = cfgs[0].model
-    report = {"benchmark": "pitdist bench steptime", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    report = {"benchmark": "pitdist bench steptime", "created": created(),
               "command": sys.argv, "dataset": args.dataset, "batch_size": args.batch_size, "dp": args.dp,
               "zero_stage": args.zero, "steps": args.steps, "warmup": args.warmup,
               "timed_steps": args.steps - args.warmup,
@@ -212,8 +212,4 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         report["rows"].append({"sp": cfg.parallel.sp, "threads_per_rank": threads_per_rank(cfg), "run_dir": str(run_dir),
                                "run_s": time.perf_counter() - t0, **split})
     report["elapsed_s"] = time.perf_counter() - started
-    out.write_text(json.dumps(report, indent=1))
-    plot(report, png)
-    print(render(report))
-    print(f"\nJSON: {out}\nplot: {png}")
-    return 0
+    return publish(report, out, png, plot, render)

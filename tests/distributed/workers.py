@@ -11,10 +11,11 @@ import torch.nn.functional as F
 
 from pitdist.config import load_config
 from pitdist.distributed.mesh import Mesh
-from pitdist.parallel_dims import ParallelDims
 from pitdist.distributed.parallelize import consolidated_state_dict, is_sharded, parallelize
 from pitdist.models.pit import build_model, pixels_to_tokens
+from pitdist.parallel_dims import ParallelDims
 from pitdist.train.engine import build_engine
+from pitdist.train.step import Batch, forward_backward
 from pitdist.train.trainer import train
 
 IMAGE = (8, 8, 1)  # 64 pixel tokens: divisible by P = 1, 2, 4
@@ -57,16 +58,15 @@ def one_step_versus_single_device(rank: int, dp: int, sp: int, variants: list[tu
 
         mine = slice(mesh.dp_rank * 2, mesh.dp_rank * 2 + 2)
         lo, hi = mesh.token_range(64)
-        tokens = pixels_to_tokens(pixels[mine], 1, (lo, hi))
-        logits = engine(tokens, torch.arange(lo, hi))
-        loss = F.cross_entropy(logits, labels[mine])
-        engine.backward(loss / sp)  # ZeRO 0: the engine all-reduces gradients here
+        batch = Batch(pixels_to_tokens(pixels[mine], 1, (lo, hi)), torch.arange(lo, hi), labels[mine])
+        record = forward_backward(engine, batch, sp)  # ZeRO 0: the engine all-reduces gradients in its backward
+        logits, loss = record.logits, record.loss
 
         def rel(a, b):
             return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
-        diffs = {"logits": rel(logits.detach(), ref_logits[mine].detach()),
-                 "loss": rel(loss.detach(), F.cross_entropy(ref_logits[mine], labels[mine]).detach())}
+        diffs = {"logits": rel(logits, ref_logits[mine].detach()),
+                 "loss": rel(loss, F.cross_entropy(ref_logits[mine], labels[mine]).detach())}
         for name, p in engine.module.named_parameters():
             if is_sharded(p):  # this rank's rows of the table
                 name, expected = "pos_embed.weight", ref_grads["pos_embed.weight"][lo:hi]
@@ -93,9 +93,9 @@ def loss_curve(rank: int, overrides: list[str], out_dir: str) -> list[float]:
 
 def batch_ids(rank: int, dp: int, sp: int, steps: int) -> list[list[int]]:
     """The image ids this rank trains on at each step."""
+    from pitdist.data.registry import split_dataset
     from pitdist.data.sharding import BatchSchedule
     from pitdist.train.batches import LocalBatches
-    from pitdist.data.registry import split_dataset
 
     cfg = load_config(None, ["--parallel.dp", str(dp), "--parallel.sp", str(sp), "--parallel.launcher", "local"])
     mesh = Mesh(ParallelDims(dp, sp))

@@ -1,0 +1,82 @@
+"""`pitdist bench sp`, rank side: build the engine for one image size and run full training steps.
+
+A step is pitdist.train.step.train_step, timed by phase with a StepTimer; on a measured step the
+forward also runs under a SavedTensorCounter (``phases``). Used by the memory, time, big and train
+parts, and by the search part to confirm its answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from pitdist.bench.sp.memory import SavedTensorCounter, counting, rss_delta, rss_mark
+from pitdist.bench.sp.plan import NUM_CLASSES
+
+
+def build(cfg, mesh, side: int, channels: int):
+    """(engine, this rank's Batch of one random image, tokens per image): the same weights and image on every rank."""
+    import torch
+
+    from pitdist.distributed.parallelize import parallelize
+    from pitdist.models.pit import build_model, pixels_to_tokens
+    from pitdist.train.engine import build_engine
+    from pitdist.train.step import Batch
+
+    torch.manual_seed(cfg.train.seed)  # identical weights on every rank
+    model = build_model(cfg.model, (side, side, channels), NUM_CLASSES)
+    model = parallelize(model, mesh, cfg.model)
+    engine = build_engine(model, cfg, mesh, torch.float32)
+    # DeepSpeed's WarmupDecayLR gives lr 0 to the first two steps even with a 1-step warm-up. Advance
+    # it so every step the bench runs updates the weights (AdamW does the same work either way).
+    for _ in range(3):
+        if engine.lr_scheduler.get_lr()[0] >= cfg.optim.lr * 0.99:
+            break
+        engine.lr_scheduler.step()
+    gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + side)  # same image on every rank
+    pixels = torch.randint(0, 256, (1, side, side, channels), dtype=torch.uint8, generator=gen)
+    label = torch.randint(0, NUM_CLASSES, (1,), generator=gen)
+    lo, hi = mesh.token_range(model.num_tokens)
+    batch = Batch(pixels_to_tokens(pixels, cfg.model.patch_size, (lo, hi)), torch.arange(lo, hi), label)
+    return engine, batch, model.num_tokens
+
+
+def phases(timer, counter: SavedTensorCounter | None):
+    """The step's phase function: ``timer`` times every phase; ``counter`` (if any) sees the forward's saves."""
+    from pitdist.observe.categories import Phase
+
+    @contextlib.contextmanager
+    def phase(name: str):
+        with timer.phase(name), (counting(counter) if name == Phase.FORWARD else contextlib.nullcontext()):
+            yield
+
+    return phase
+
+
+def step_job(cfg, mesh, job: dict, channels: int) -> dict:
+    """Full training steps (forward, backward, optimizer step); saved bytes counted on the first."""
+    import gc
+
+    from pitdist.distributed import comm
+    from pitdist.observe.timer import StepTimer
+    from pitdist.train.step import train_step
+
+    engine, batch, num_tokens = build(cfg, mesh, job["side"], channels)
+    timer = StepTimer()
+    times, losses, memory = [], [], None
+    for i in range(job["warmup"] + job["steps"]):
+        measure = job["measure"] and i == 0
+        counter = SavedTensorCounter(engine.module.parameters()) if measure else None
+        comm.barrier()
+        mark = rss_mark() if measure else None
+        with timer.step(i) as t:
+            record = train_step(engine, batch, mesh, phases(timer, counter))
+        if measure:
+            memory = {**counter.summary(), **rss_delta(mark)}
+        if i >= job["warmup"]:
+            times.append({"forward_s": t["forward"], "backward_s": t["backward"], "optimizer_s": t["optimizer"],
+                          "total_s": t.total_s})
+        losses.append(float(record.loss))
+    del engine, batch, record
+    gc.collect()
+    return {"kind": "step", "part": job["part"], "side": job["side"], "tokens": num_tokens,
+            "tokens_per_rank": num_tokens // mesh.sp, "times": times, "losses": losses, "memory": memory}
