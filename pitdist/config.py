@@ -126,18 +126,31 @@ class ParallelConfig:
         _require(self.dp >= 1, "parallel.dp", f"must be >= 1, got {self.dp}")
         for name in ("sp", "ulysses", "ring"):
             value = getattr(self, name)
-            _require(value >= 0, f"parallel.{name}", f"must be >= 1 (or 0: from the other two of sp, ulysses, ring), got {value}")
+            _require(
+                value >= 0,
+                f"parallel.{name}",
+                f"must be >= 1 (or 0: from the other two of sp, ulysses, ring), got {value}",
+            )
         if not self.sp:
             self.sp = (self.ulysses or 1) * (self.ring or 1)
-        _require(not self.ulysses or self.sp % self.ulysses == 0, "parallel.ulysses",
-                 f"{self.ulysses} does not divide parallel.sp = {self.sp} (sp = ulysses x ring)")
+        _require(
+            not self.ulysses or self.sp % self.ulysses == 0,
+            "parallel.ulysses",
+            f"{self.ulysses} does not divide parallel.sp = {self.sp} (sp = ulysses x ring)",
+        )
         if not self.ring:
             self.ring = self.sp // self.ulysses if self.ulysses else 1
-        _require(self.sp % self.ring == 0, "parallel.ring",
-                 f"{self.ring} does not divide parallel.sp = {self.sp} (sp = ulysses x ring)")
+        _require(
+            self.sp % self.ring == 0,
+            "parallel.ring",
+            f"{self.ring} does not divide parallel.sp = {self.sp} (sp = ulysses x ring)",
+        )
         self.ulysses = self.ulysses or self.sp // self.ring
-        _require(self.ulysses * self.ring == self.sp, "parallel.sp",
-                 f"{self.sp} != parallel.ulysses x parallel.ring = {self.ulysses} x {self.ring}; set two of the three")
+        _require(
+            self.ulysses * self.ring == self.sp,
+            "parallel.sp",
+            f"{self.sp} != parallel.ulysses x parallel.ring = {self.ulysses} x {self.ring}; set two of the three",
+        )
         _require(self.zero_stage in (0, 1, 2), "parallel.zero_stage", f"must be 0, 1 or 2, got {self.zero_stage}")
         _require(
             self.launcher != "single" or self.world_size == 1,
@@ -166,7 +179,11 @@ class OptimConfig:
             value = getattr(self, name)
             _require(0 <= value < 1, f"optim.{name}", f"must be in [0, 1), got {value}")
         # DeepSpeed's WarmupDecayLR refuses 0 warm-up steps.
-        _require(self.warmup_steps >= 1, "optim.warmup_steps", f"must be >= 1 (DeepSpeed's WarmupDecayLR), got {self.warmup_steps}")
+        _require(
+            self.warmup_steps >= 1,
+            "optim.warmup_steps",
+            f"must be >= 1 (DeepSpeed's WarmupDecayLR), got {self.warmup_steps}",
+        )
         _require(self.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
 
 
@@ -200,8 +217,12 @@ class TrainConfig:
     keep_checkpoints: int = 3
 
     def __post_init__(self) -> None:
-        _require(self.keep_checkpoints >= 0, "train.keep_checkpoints", f"must be >= 0 (0 = all), got {self.keep_checkpoints}")
-        _require(self.max_failures >= -1, "train.max_failures", f"must be >= 0 (or -1 = forever), got {self.max_failures}")
+        _require(
+            self.keep_checkpoints >= 0, "train.keep_checkpoints", f"must be >= 0 (0 = all), got {self.keep_checkpoints}"
+        )
+        _require(
+            self.max_failures >= -1, "train.max_failures", f"must be >= 0 (or -1 = forever), got {self.max_failures}"
+        )
         _require(self.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
         _require(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
         _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
@@ -231,9 +252,16 @@ class MetricsConfig:
     peak_tflops: float = 0.0
 
     def __post_init__(self) -> None:
-        _require(0 <= self.prometheus_port <= 65535, "metrics.prometheus_port",
-                 f"must be a TCP port (rank r serves at port + r) or 0 = off, got {self.prometheus_port}")
-        _require(self.prometheus_linger_s >= 0, "metrics.prometheus_linger_s", f"must be >= 0, got {self.prometheus_linger_s}")
+        _require(
+            0 <= self.prometheus_port <= 65535,
+            "metrics.prometheus_port",
+            f"must be a TCP port (rank r serves at port + r) or 0 = off, got {self.prometheus_port}",
+        )
+        _require(
+            self.prometheus_linger_s >= 0,
+            "metrics.prometheus_linger_s",
+            f"must be >= 0, got {self.prometheus_linger_s}",
+        )
         _require(self.peak_tflops >= 0, "metrics.peak_tflops", f"must be >= 0 (0 = look up), got {self.peak_tflops}")
 
 

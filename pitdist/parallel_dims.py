@@ -65,8 +65,10 @@ class ParallelDims:
     def validate(self, *, heads: int, num_tokens: int, world_size: int | None = None) -> None:
         """Refuse a mesh before any rank starts, naming the setting and what would work."""
         if self.dp < 1 or self.sp < 1 or self.ring < 1:
-            raise MeshError(f"parallel.dp, parallel.sp and parallel.ring must be >= 1, got dp = {self.dp}, "
-                            f"sp = {self.sp}, ring = {self.ring}")
+            raise MeshError(
+                f"parallel.dp, parallel.sp and parallel.ring must be >= 1, got dp = {self.dp}, "
+                f"sp = {self.sp}, ring = {self.ring}"
+            )
         if world_size is not None and world_size != self.world_size:
             raise MeshError(
                 f"the job has {world_size} processes but parallel.dp * parallel.sp = {self.dp} * {self.sp} = "
@@ -81,8 +83,11 @@ class ParallelDims:
             )
         if heads % self.ulysses:
             if self.ring == 1:
-                hybrid = (f"; or add ring attention: valid (ulysses, ring) for sp = {self.sp}: {pairs} "
-                          "(set parallel.ring)" if pairs else "")
+                hybrid = (
+                    f"; or add ring attention: valid (ulysses, ring) for sp = {self.sp}: {pairs} (set parallel.ring)"
+                    if pairs
+                    else ""
+                )
                 raise MeshError(
                     f"parallel.sp = {self.sp} does not divide the model's {heads} attention heads (Ulysses gives "
                     f"each SP rank whole heads); valid sp for this model and image: {valid}{hybrid}"

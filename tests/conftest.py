@@ -17,7 +17,11 @@ def pitdist_cli(tmp_path):
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = subprocess.run(
             [sys.executable, "-m", "pitdist.cli", *args],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"pitdist {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")

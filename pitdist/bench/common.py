@@ -78,8 +78,10 @@ def only_model_overrides(overrides: list[str], bench: str) -> None:
 
     bad = [o for o in overrides if o.startswith("--") and not o.startswith("--model.")]
     if bad:
-        raise ConfigError(f"{bad[0]}: `pitdist bench {bench}` takes only --model.KEY VALUE settings besides its own "
-                          f"options (see --help)")
+        raise ConfigError(
+            f"{bad[0]}: `pitdist bench {bench}` takes only --model.KEY VALUE settings besides its own "
+            f"options (see --help)"
+        )
 
 
 # --- outputs -----------------------------------------------------------------------------------------
@@ -133,8 +135,9 @@ def print_outputs(out: Path, png: Path) -> None:
     print(f"\nJSON: {out}\nplot: {png}")
 
 
-def publish(report: dict, out: Path, png: Path, plot: Callable[[dict, Path], None],
-            render: Callable[[dict], str]) -> int:
+def publish(
+    report: dict, out: Path, png: Path, plot: Callable[[dict, Path], None], render: Callable[[dict], str]
+) -> int:
     """The end of a benchmark: the JSON, the plot, the tables on stdout and where the files are; exit status 0."""
     write_json(report, out)
     plot(report, png)

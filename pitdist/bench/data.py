@@ -50,10 +50,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Example\n  pitdist bench data --sizes 28x28x1,224x224x3 --rows 4096 --out runs/bench-data.json",
     )
-    p.add_argument("--sizes", type=lambda t: [_shape(s) for s in t.split(",")], default=[(28, 28, 1), (224, 224, 3)],
-                   help="image sizes HxWxC, comma-separated (default 28x28x1,224x224x3)")
-    p.add_argument("--rows", type=int, default=4096, help="generated images per size (default 4096); 28x28x1 uses "
-                   "all 70,000 Fashion-MNIST images when available")
+    p.add_argument(
+        "--sizes",
+        type=lambda t: [_shape(s) for s in t.split(",")],
+        default=[(28, 28, 1), (224, 224, 3)],
+        help="image sizes HxWxC, comma-separated (default 28x28x1,224x224x3)",
+    )
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=4096,
+        help="generated images per size (default 4096); 28x28x1 uses all 70,000 Fashion-MNIST images when available",
+    )
     p.add_argument("--fashion-mnist", default=FASHION_MNIST_DIR, help="idx directory for 28x28x1 ('' = generate)")
     p.add_argument("--batch-size", type=int, default=1024, help="global images per step (default 1024)")
     p.add_argument("--sp", type=int, default=2, help="SP ranks P: the timed rank converts N/P tokens (default 2)")
@@ -61,8 +69,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-ray", action="store_true", help="skip the Ray Data measurement")
     p.add_argument("--train-steps", type=int, default=3, help="timed training steps (default 3, after 1 warm-up)")
     p.add_argument("--train-batch", type=int, default=8, help="images per training step (default 8)")
-    p.add_argument("--train-max-tokens", type=int, default=3136,
-                   help="largest image (tokens) trained directly; larger sizes are estimated (default 3136 = 56x56)")
+    p.add_argument(
+        "--train-max-tokens",
+        type=int,
+        default=3136,
+        help="largest image (tokens) trained directly; larger sizes are estimated (default 3136 = 56x56)",
+    )
     p.add_argument("--work-dir", default=None, help="where the datasets are written (default: a temporary directory)")
     p.add_argument("--out", default=None, help="JSON output (default runs/bench-data-<time>.json)")
     return p
@@ -80,8 +92,9 @@ def _dataset(root: Path, shape, rows: int, fmnist: str, shard_mb: float) -> tupl
         return out, f"Fashion-MNIST ({fmnist}, train+test)"
     image_bytes = math.prod(shape)
     rng = np.random.default_rng(0)
-    with DatasetWriter(out, shape, [str(i) for i in range(10)], max(1, int(shard_mb * 2**20) // image_bytes),
-                       source="generated") as writer:
+    with DatasetWriter(
+        out, shape, [str(i) for i in range(10)], max(1, int(shard_mb * 2**20) // image_bytes), source="generated"
+    ) as writer:
         chunk = max(1, min(rows, 2**26 // image_bytes))
         for start in range(0, rows, chunk):
             k = min(chunk, rows - start)
@@ -117,9 +130,15 @@ def _local(path: Path, batch: int, sp: int) -> dict:
     images = len(steps) * schedule.global_batch
     n_rank = token_range[1] - token_range[0]
     assert tokens.shape == (schedule.global_batch, n_rank, c)
-    return {"images": images, "open_and_validate_s": open_s, "dropped": schedule.dropped_per_epoch,
-            "gather_images_per_s": images / gather_s, "images_per_s": images / tokens_s,
-            "tokens_per_s": images * n_rank / tokens_s, "tokens_per_image_per_rank": n_rank}
+    return {
+        "images": images,
+        "open_and_validate_s": open_s,
+        "dropped": schedule.dropped_per_epoch,
+        "gather_images_per_s": images / gather_s,
+        "images_per_s": images / tokens_s,
+        "tokens_per_s": images * n_rank / tokens_s,
+        "tokens_per_image_per_rank": n_rank,
+    }
 
 
 def _ray(path: Path, batch: int, sp: int) -> dict:
@@ -136,16 +155,20 @@ def _ray(path: Path, batch: int, sp: int) -> dict:
     t0 = time.perf_counter()
     first = None
     images = 0
-    for pixels, ids, labels in iter_pixel_batches(ds, shape, batch):
+    for pixels, ids, _ in iter_pixel_batches(ds, shape, batch):
         pixels_to_tokens(torch.from_numpy(pixels), 1, token_range)
         if first is None:
             first, t1 = time.perf_counter() - t0, time.perf_counter()
         else:
             images += len(ids)
     steady = time.perf_counter() - t1
-    return {"images": images, "first_batch_s": first, "epoch_s": time.perf_counter() - t0,
-            "images_per_s": images / steady if steady > 0 and images else None,
-            "tokens_per_s": images * n_rank / steady if steady > 0 and images else None}
+    return {
+        "images": images,
+        "first_batch_s": first,
+        "epoch_s": time.perf_counter() - t0,
+        "images_per_s": images / steady if steady > 0 and images else None,
+        "tokens_per_s": images * n_rank / steady if steady > 0 and images else None,
+    }
 
 
 def _train_rate(model_cfg, shape, batch: int, steps: int, max_tokens: int) -> dict:
@@ -175,9 +198,16 @@ def _train_rate(model_cfg, shape, batch: int, steps: int, max_tokens: int) -> di
             times.append(time.perf_counter() - t0)
     rate = batch / (sum(times) / len(times))
     scale = flops_per_image(model_cfg, measured[0] * measured[1], c, 10) / flops_per_image(model_cfg, h * w, c, 10)
-    return {"measured_shape": list(measured), "estimated": measured != shape, "batch": batch, "steps": steps,
-            "threads": torch.get_num_threads(), "measured_images_per_s": rate, "images_per_s": rate * scale,
-            "tokens_per_s": rate * scale * h * w}
+    return {
+        "measured_shape": list(measured),
+        "estimated": measured != shape,
+        "batch": batch,
+        "steps": steps,
+        "threads": torch.get_num_threads(),
+        "measured_images_per_s": rate,
+        "images_per_s": rate * scale,
+        "tokens_per_s": rate * scale * h * w,
+    }
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -185,7 +215,9 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
 
     try:
         if any(not o.startswith("--model.") for o in overrides[::2]):
-            raise ConfigError(f"bench data takes only --model.KEY VALUE settings besides its own options, got {overrides}")
+            raise ConfigError(
+                f"bench data takes only --model.KEY VALUE settings besides its own options, got {overrides}"
+            )
         model_cfg = load_config(None, list(overrides)).model
         if min(args.rows, args.batch_size, args.sp, args.train_steps, args.train_batch) < 1:
             raise ConfigError("--rows, --batch-size, --sp, --train-steps and --train-batch must be >= 1")
@@ -198,9 +230,14 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
 
     out = json_path(args.out, "data")
     cores = os.cpu_count() or 1
-    report = {"machine": {"cores": cores, "loadavg_before": os.getloadavg()}, "batch_size": args.batch_size,
-              "sp": args.sp, "model": {"dim": model_cfg.width, "depth": model_cfg.num_layers, "heads": model_cfg.num_heads},
-              "goals": GOALS, "sizes": []}
+    report = {
+        "machine": {"cores": cores, "loadavg_before": os.getloadavg()},
+        "batch_size": args.batch_size,
+        "sp": args.sp,
+        "model": {"dim": model_cfg.width, "depth": model_cfg.num_layers, "heads": model_cfg.num_heads},
+        "goals": GOALS,
+        "sizes": [],
+    }
     ray = None
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         try:
@@ -213,9 +250,13 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
                 name = "x".join(map(str, shape))
                 t0 = time.perf_counter()
                 path, source = _dataset(Path(tmp), shape, args.rows, args.fashion_mnist, args.shard_mb)
-                row = {"shape": list(shape), "source": source, "convert_s": time.perf_counter() - t0,
-                       "rows": json.loads((path / "manifest.json").read_text())["num_rows"],
-                       "shards": len(json.loads((path / "manifest.json").read_text())["shards"])}
+                row = {
+                    "shape": list(shape),
+                    "source": source,
+                    "convert_s": time.perf_counter() - t0,
+                    "rows": json.loads((path / "manifest.json").read_text())["num_rows"],
+                    "shards": len(json.loads((path / "manifest.json").read_text())["shards"]),
+                }
                 torch.set_num_threads(1)  # one rank's share of the machine
                 row["local"] = _local(path, args.batch_size, args.sp)
                 if ray is not None:
@@ -238,12 +279,16 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def _line(name: str, row: dict) -> str:
     loc, tr = row["local"], row["train"]
-    text = (f"{name} ({row['source']}, {row['rows']} images): local {loc['images_per_s']:,.0f} images/s "
-            f"({loc['tokens_per_s']:,.0f} tokens/s; uint8 gather {loc['gather_images_per_s']:,.0f} images/s)")
+    text = (
+        f"{name} ({row['source']}, {row['rows']} images): local {loc['images_per_s']:,.0f} images/s "
+        f"({loc['tokens_per_s']:,.0f} tokens/s; uint8 gather {loc['gather_images_per_s']:,.0f} images/s)"
+    )
     if "ray" in row:
         r = row["ray"]
         rate = f"{r['images_per_s']:,.0f}" if r["images_per_s"] else "n/a"
         text += f" | Ray Data {rate} images/s after a {r['first_batch_s']:.1f} s first batch"
-    text += (f" | training {tr['images_per_s']:.3g} images/s{' (estimated)' if tr['estimated'] else ''}"
-             f" -> local data is {row['local_over_train']:,.0f}x faster")
+    text += (
+        f" | training {tr['images_per_s']:.3g} images/s{' (estimated)' if tr['estimated'] else ''}"
+        f" -> local data is {row['local_over_train']:,.0f}x faster"
+    )
     return text

@@ -78,11 +78,31 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     try:
         if args.steps < 2 or args.repeats < 1:
             raise ConfigError("--steps must be >= 2 and --repeats >= 1")
-        cfgs = {on: load_config(config, [*overrides, "--parallel.dp", str(args.dp), "--parallel.sp", str(args.sp),
-                                         "--parallel.launcher", launcher, "--train.steps", str(args.steps),
-                                         "--train.log_every", str(args.steps), "--metrics.ledger", str(on).lower(),
-                                         "--train.output_dir", "runs/bench-ledger", "--name", f"ledger-{on}"])
-                for on in (True, False)}
+        cfgs = {
+            on: load_config(
+                config,
+                [
+                    *overrides,
+                    "--parallel.dp",
+                    str(args.dp),
+                    "--parallel.sp",
+                    str(args.sp),
+                    "--parallel.launcher",
+                    launcher,
+                    "--train.steps",
+                    str(args.steps),
+                    "--train.log_every",
+                    str(args.steps),
+                    "--metrics.ledger",
+                    str(on).lower(),
+                    "--train.output_dir",
+                    "runs/bench-ledger",
+                    "--name",
+                    f"ledger-{on}",
+                ],
+            )
+            for on in (True, False)
+        }
     except ConfigError as exc:
         return option_error("ledger", exc)
     per_step: dict[bool, list[float]] = {True: [], False: []}
@@ -90,21 +110,38 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         for on in (True, False) if repeat % 2 == 0 else (False, True):
             result = launch_local(cfgs[on], make_run_dir(cfgs[on]))
             per_step[on].append(result.wall_s / result.steps)
-            print(f"  repeat {repeat + 1}: ledger {'on ' if on else 'off'} {per_step[on][-1] * 1e3:8.2f} ms/step",
-                  flush=True)
+            print(
+                f"  repeat {repeat + 1}: ledger {'on ' if on else 'off'} {per_step[on][-1] * 1e3:8.2f} ms/step",
+                flush=True,
+            )
     on, off = statistics.median(per_step[True]), statistics.median(per_step[False])
     call_on, call_off = per_call_seconds()
     calls = calls_per_step(cfgs[True].train.output_dir)
-    summary = {"per_call_us_on": call_on * 1e6, "per_call_us_off": call_off * 1e6, "calls_per_step": calls,
-               "recording_ms_per_step": (call_on - call_off) * calls * 1e3,
-               "recording_fraction_of_step": (call_on - call_off) * calls / off,"dp": args.dp, "sp": args.sp, "steps": args.steps, "repeats": args.repeats,
-               "ms_per_step_on": [t * 1e3 for t in per_step[True]], "ms_per_step_off": [t * 1e3 for t in per_step[False]],
-               "median_on_ms": on * 1e3, "median_off_ms": off * 1e3, "ratio_on_over_off": on / off}
-    print(f"ledger on / off, median step time: {on * 1e3:.2f} / {off * 1e3:.2f} ms = {on / off:.3f} "
-          "(whole steps: dominated by machine noise when the cores are shared)")
-    print(f"recording cost, measured per call: {call_on * 1e6:.1f} vs {call_off * 1e6:.1f} us per 4-byte all-reduce "
-          f"= {(call_on - call_off) * 1e6:.1f} us x {calls} collectives per step = "
-          f"{(call_on - call_off) * calls * 1e3:.3f} ms per step ({(call_on - call_off) * calls / off:.2%} of a step)")
+    summary = {
+        "per_call_us_on": call_on * 1e6,
+        "per_call_us_off": call_off * 1e6,
+        "calls_per_step": calls,
+        "recording_ms_per_step": (call_on - call_off) * calls * 1e3,
+        "recording_fraction_of_step": (call_on - call_off) * calls / off,
+        "dp": args.dp,
+        "sp": args.sp,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "ms_per_step_on": [t * 1e3 for t in per_step[True]],
+        "ms_per_step_off": [t * 1e3 for t in per_step[False]],
+        "median_on_ms": on * 1e3,
+        "median_off_ms": off * 1e3,
+        "ratio_on_over_off": on / off,
+    }
+    print(
+        f"ledger on / off, median step time: {on * 1e3:.2f} / {off * 1e3:.2f} ms = {on / off:.3f} "
+        "(whole steps: dominated by machine noise when the cores are shared)"
+    )
+    print(
+        f"recording cost, measured per call: {call_on * 1e6:.1f} vs {call_off * 1e6:.1f} us per 4-byte all-reduce "
+        f"= {(call_on - call_off) * 1e6:.1f} us x {calls} collectives per step = "
+        f"{(call_on - call_off) * calls * 1e3:.3f} ms per step ({(call_on - call_off) * calls / off:.2%} of a step)"
+    )
     out = json_path(args.out, "ledger")
     write_json(summary, out)
     print(f"wrote {out}")

@@ -77,17 +77,36 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--image", type=_image, default=(224, 224, 3), help="image HxWxC (default: 224x224x3)")
     p.add_argument("--sizes", default=",".join(SIZES), help="model sizes (default: tiny,small,base)")
-    p.add_argument("--gpus", type=INT_LIST, default=[8, 64, 512], metavar="LIST", help="cluster sizes W (default: 8,64,512)")
+    p.add_argument(
+        "--gpus", type=INT_LIST, default=[8, 64, 512], metavar="LIST", help="cluster sizes W (default: 8,64,512)"
+    )
     p.add_argument("--max-sp", type=int, default=64, help="largest SP size P considered (default: 64)")
-    p.add_argument("--gpu-mem-gb", type=_float_list, default=[24.0, 40.0, 80.0], metavar="LIST",
-                   help="GPU memory sizes in GB for the memory table (default: 24,40,80)")
-    p.add_argument("--usable", type=float, default=0.9,
-                   help="share of a GPU's memory usable for activations and state (default: 0.9)")
-    p.add_argument("--mem-sides", type=INT_LIST, default=[224, 336, 448, 512], metavar="LIST",
-                   help="square image sides of the memory table (default: 224,336,448,512)")
-    p.add_argument("--saved-per-token-layer", type=float, default=SAVED_PER_TOKEN_LAYER,
-                   help=f"saved D-vectors per token and layer (default: {SAVED_PER_TOKEN_LAYER}, measured by "
-                        f"`pitdist bench sp`)")
+    p.add_argument(
+        "--gpu-mem-gb",
+        type=_float_list,
+        default=[24.0, 40.0, 80.0],
+        metavar="LIST",
+        help="GPU memory sizes in GB for the memory table (default: 24,40,80)",
+    )
+    p.add_argument(
+        "--usable",
+        type=float,
+        default=0.9,
+        help="share of a GPU's memory usable for activations and state (default: 0.9)",
+    )
+    p.add_argument(
+        "--mem-sides",
+        type=INT_LIST,
+        default=[224, 336, 448, 512],
+        metavar="LIST",
+        help="square image sides of the memory table (default: 224,336,448,512)",
+    )
+    p.add_argument(
+        "--saved-per-token-layer",
+        type=float,
+        default=SAVED_PER_TOKEN_LAYER,
+        help=f"saved D-vectors per token and layer (default: {SAVED_PER_TOKEN_LAYER}, measured by `pitdist bench sp`)",
+    )
     p.add_argument("--out", default=None, metavar="PATH", help="JSON (default: runs/bench-projection-<time>.json)")
     p.add_argument("--plot", default=None, metavar="PATH", help="PNG (default: the --out path with .png)")
     return p
@@ -129,23 +148,47 @@ def traffic_rows(args: argparse.Namespace) -> list[dict]:
                     continue
                 u, r = pairs[0]  # the largest Ulysses factor: fewest bytes (pitdist.report.comm_model.scheme_table)
                 q = w // p
-                t = {name: step_traffic(_model(size, pe, shard), args.image, 1000, q, q, p, 2, 0.0, 2, ring=r)
-                     for name, (pe, shard) in {"none": ("none", False), "learned": ("learned", False),
-                                               "sharded": ("learned", True)}.items()}
+                t = {
+                    name: step_traffic(_model(size, pe, shard), args.image, 1000, q, q, p, 2, 0.0, 2, ring=r)
+                    for name, (pe, shard) in {
+                        "none": ("none", False),
+                        "learned": ("learned", False),
+                        "sharded": ("learned", True),
+                    }.items()
+                }
                 attn = attention_sent(t["none"])
                 grad = t["none"]["grad_reduce"].sent
                 pe_rep = t["learned"]["pe_grad_reduce"].sent
-                pe_sh = t["sharded"]["pe_grad_reduce"].sent + (t["sharded"]["pe_param_gather"].sent
-                                                                if "pe_param_gather" in t["sharded"] else 0.0)
+                pe_sh = t["sharded"]["pe_grad_reduce"].sent + (
+                    t["sharded"]["pe_param_gather"].sent if "pe_param_gather" in t["sharded"] else 0.0
+                )
                 total_none = sum(v.sent for v in t["none"].values())
                 total_rep = sum(v.sent for v in t["learned"].values())
-                rows.append({"size": size, "dim": d, "layers": layers, "heads": heads, "params": params, "gpus": w,
-                             "dp": q, "sp": p, "ulysses": u, "ring": r, "scheme": scheme_name(p, r), "tokens": n,
-                             "attention_bytes": attn, "grad_reduce_bytes": grad, "pe_replicated_bytes": pe_rep,
-                             "pe_sharded_bytes": pe_sh, "total_none_bytes": total_none,
-                             "total_learned_bytes": total_rep,
-                             "pe_share_replicated": pe_rep / total_rep if total_rep else 0.0,
-                             "attention_nde": attn / unit, "pe_replicated_nde": pe_rep / unit})
+                rows.append(
+                    {
+                        "size": size,
+                        "dim": d,
+                        "layers": layers,
+                        "heads": heads,
+                        "params": params,
+                        "gpus": w,
+                        "dp": q,
+                        "sp": p,
+                        "ulysses": u,
+                        "ring": r,
+                        "scheme": scheme_name(p, r),
+                        "tokens": n,
+                        "attention_bytes": attn,
+                        "grad_reduce_bytes": grad,
+                        "pe_replicated_bytes": pe_rep,
+                        "pe_sharded_bytes": pe_sh,
+                        "total_none_bytes": total_none,
+                        "total_learned_bytes": total_rep,
+                        "pe_share_replicated": pe_rep / total_rep if total_rep else 0.0,
+                        "attention_nde": attn / unit,
+                        "pe_replicated_nde": pe_rep / unit,
+                    }
+                )
     return rows
 
 
@@ -173,10 +216,19 @@ def memory_rows(args: argparse.Namespace) -> list[dict]:
                     continue
                 p = max(1, math.ceil(act / room))
                 need[str(mem)] = 1 << (p - 1).bit_length()  # the next power of two: what a mesh would use
-            rows.append({"size": size, "side": side, "tokens": n, "activation_bytes_per_image": act,
-                         "state_bytes_per_gpu": state, "min_sp": need, "images_without_sp": images,
-                         "heads": m.num_heads,
-                         "ulysses_alone_ok": {k: (v is not None and m.num_heads % v == 0) for k, v in need.items()}})
+            rows.append(
+                {
+                    "size": size,
+                    "side": side,
+                    "tokens": n,
+                    "activation_bytes_per_image": act,
+                    "state_bytes_per_gpu": state,
+                    "min_sp": need,
+                    "images_without_sp": images,
+                    "heads": m.num_heads,
+                    "ulysses_alone_ok": {k: (v is not None and m.num_heads % v == 0) for k, v in need.items()},
+                }
+            )
     return rows
 
 
@@ -186,32 +238,48 @@ def _gb(x: float) -> str:
 
 def render(report: dict) -> str:
     h, w, c = report["image"]
-    out = [f"Per GPU per step, {h}x{w}x{c} ({h * w:,} tokens), one image per SP group, bf16, ZeRO 2 "
-           f"(bytes sent; N*D*e = one image's activations)",
-           f"{'model':<6}{'W':>5}{'Q x P':>10}  {'scheme':<20}{'attention':>11}{'(NDe)':>7}{'PE grad repl.':>14}"
-           f"{'(NDe)':>7}{'PE sharded':>12}{'other grads':>12}{'PE share':>9}"]
+    out = [
+        f"Per GPU per step, {h}x{w}x{c} ({h * w:,} tokens), one image per SP group, bf16, ZeRO 2 "
+        f"(bytes sent; N*D*e = one image's activations)",
+        f"{'model':<6}{'W':>5}{'Q x P':>10}  {'scheme':<20}{'attention':>11}{'(NDe)':>7}{'PE grad repl.':>14}"
+        f"{'(NDe)':>7}{'PE sharded':>12}{'other grads':>12}{'PE share':>9}",
+    ]
     for r in report["traffic"]:
-        out.append(f"{r['size']:<6}{r['gpus']:>5}{str(r['dp']) + ' x ' + str(r['sp']):>10}  {r['scheme']:<20}"
-                   f"{_gb(r['attention_bytes']):>11}{r['attention_nde']:>7.2f}{_gb(r['pe_replicated_bytes']):>14}"
-                   f"{r['pe_replicated_nde']:>7.2f}{_gb(r['pe_sharded_bytes']):>12}{_gb(r['grad_reduce_bytes']):>12}"
-                   f"{r['pe_share_replicated']:>9.1%}")
+        out.append(
+            f"{r['size']:<6}{r['gpus']:>5}{str(r['dp']) + ' x ' + str(r['sp']):>10}  {r['scheme']:<20}"
+            f"{_gb(r['attention_bytes']):>11}{r['attention_nde']:>7.2f}{_gb(r['pe_replicated_bytes']):>14}"
+            f"{r['pe_replicated_nde']:>7.2f}{_gb(r['pe_sharded_bytes']):>12}{_gb(r['grad_reduce_bytes']):>12}"
+            f"{r['pe_share_replicated']:>9.1%}"
+        )
     mems = list(report["memory"][0]["min_sp"]) if report["memory"] else []
-    out.append(f"\nActivation memory per image (bf16, {report['saved_per_token_layer']} saved D-vectors per token and "
-               f"layer) and the smallest P that fits it on one GPU ({report['usable']:.0%} of memory usable, ZeRO-2 "
-               f"state over {max(report['gpus'])} GPUs)")
-    out.append(f"{'model':<6}{'image':>9}{'tokens':>9}{'act./image':>12}{'state/GPU':>11}"
-               + "".join(f"{'P @ ' + m + ' GB':>14}" for m in mems))
+    out.append(
+        f"\nActivation memory per image (bf16, {report['saved_per_token_layer']} saved D-vectors per token and "
+        f"layer) and the smallest P that fits it on one GPU ({report['usable']:.0%} of memory usable, ZeRO-2 "
+        f"state over {max(report['gpus'])} GPUs)"
+    )
+    out.append(
+        f"{'model':<6}{'image':>9}{'tokens':>9}{'act./image':>12}{'state/GPU':>11}"
+        + "".join(f"{'P @ ' + m + ' GB':>14}" for m in mems)
+    )
     for r in report["memory"]:
         cells = []
         for m in mems:
             p = r["min_sp"][m]
-            cells.append("-" if p is None else f"{p}{'' if r['ulysses_alone_ok'][m] else '*'}"
-                         + (f" ({r['images_without_sp'][m]} img)" if p == 1 else ""))
-        out.append(f"{r['size']:<6}{str(r['side']) + 'x' + str(r['side']):>9}{r['tokens']:>9,}"
-                   f"{_gb(r['activation_bytes_per_image']):>12}{_gb(r['state_bytes_per_gpu']):>11}"
-                   + "".join(f"{c:>14}" for c in cells))
-    out.append("(P = 1 (k img): no SP needed, k images fit one GPU; * P exceeds what Ulysses alone allows for the "
-               "model's heads: needs ring attention or a hybrid)")
+            cells.append(
+                "-"
+                if p is None
+                else f"{p}{'' if r['ulysses_alone_ok'][m] else '*'}"
+                + (f" ({r['images_without_sp'][m]} img)" if p == 1 else "")
+            )
+        out.append(
+            f"{r['size']:<6}{str(r['side']) + 'x' + str(r['side']):>9}{r['tokens']:>9,}"
+            f"{_gb(r['activation_bytes_per_image']):>12}{_gb(r['state_bytes_per_gpu']):>11}"
+            + "".join(f"{c:>14}" for c in cells)
+        )
+    out.append(
+        "(P = 1 (k img): no SP needed, k images fit one GPU; * P exceeds what Ulysses alone allows for the "
+        "model's heads: needs ring attention or a hybrid)"
+    )
     return "\n".join(out)
 
 
@@ -221,11 +289,18 @@ def plot(report: dict, path: Path) -> None:
         w = 64 if 64 in report["gpus"] else report["gpus"][len(report["gpus"]) // 2]
         for size in dict.fromkeys(r["size"] for r in report["traffic"]):
             sub = [r for r in report["traffic"] if r["size"] == size and r["gpus"] == w]
-            def pts(key):  # zeros (no attention traffic at P = 1, no sharded PE traffic at Q = 1) left off the log axis
+
+            def pts(key, sub=sub):
+                # zeros (no attention traffic at P = 1, no sharded PE traffic at Q = 1) left off the log axis
                 return [r["sp"] for r in sub if r[key] > 0], [r[key] / GB for r in sub if r[key] > 0]
 
             (line,) = ax.plot(*pts("attention_bytes"), "o-", label=f"{size}: attention")
-            ax.plot(*pts("pe_replicated_bytes"), "s--", color=line.get_color(), label=f"{size}: learned PE grad (replicated)")
+            ax.plot(
+                *pts("pe_replicated_bytes"),
+                "s--",
+                color=line.get_color(),
+                label=f"{size}: learned PE grad (replicated)",
+            )
             ax.plot(*pts("pe_sharded_bytes"), "^:", color=line.get_color(), label=f"{size}: learned PE grad (sharded)")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -256,17 +331,31 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     args.sizes = [s for s in args.sizes.replace(" ", "").split(",") if s]
     bad = [s for s in args.sizes if s not in SIZES]
     if bad or not args.sizes:
-        print(f"pitdist bench projection: error: --sizes {bad or args.sizes}: choose from {','.join(SIZES)}", file=sys.stderr)
+        print(
+            f"pitdist bench projection: error: --sizes {bad or args.sizes}: choose from {','.join(SIZES)}",
+            file=sys.stderr,
+        )
         return 2
     if not 0 < args.usable <= 1 or args.saved_per_token_layer <= 0 or args.max_sp < 1:
-        print("pitdist bench projection: error: --usable must be in (0, 1], --saved-per-token-layer > 0, --max-sp >= 1",
-              file=sys.stderr)
+        print(
+            "pitdist bench projection: error: --usable must be in (0, 1], --saved-per-token-layer > 0, --max-sp >= 1",
+            file=sys.stderr,
+        )
         return 2
     out = json_path(args.out, "projection")
     png = plot_path(args.plot, out)
-    report = {"benchmark": "pitdist bench projection", "created": created(),
-              "command": sys.argv, "image": list(args.image), "gpus": args.gpus, "bytes_per_element": 2,
-              "zero_stage": 2, "images_per_sp_group": 1, "usable": args.usable,
-              "saved_per_token_layer": args.saved_per_token_layer, "traffic": traffic_rows(args),
-              "memory": memory_rows(args)}
+    report = {
+        "benchmark": "pitdist bench projection",
+        "created": created(),
+        "command": sys.argv,
+        "image": list(args.image),
+        "gpus": args.gpus,
+        "bytes_per_element": 2,
+        "zero_stage": 2,
+        "images_per_sp_group": 1,
+        "usable": args.usable,
+        "saved_per_token_layer": args.saved_per_token_layer,
+        "traffic": traffic_rows(args),
+        "memory": memory_rows(args),
+    }
     return publish(report, out, png, plot, render)

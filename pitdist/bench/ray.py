@@ -54,12 +54,32 @@ def step_seconds(run_dir: Path, batch_size: int) -> float:
     return statistics.median(batch_size / w["images_per_s"] for w in windows[1:] or windows)
 
 
-def one_run(config: str | None, setting: list[str], args: argparse.Namespace, overrides: list[str],
-            out_dir: Path) -> dict:
-    cmd = [sys.executable, "-m", "pitdist.cli", "train", *(["--config", config] if config else []),
-           "--dp", str(args.dp), "--sp", str(args.sp), "--train.steps", str(args.steps),
-           "--train.log_every", str(max(1, args.steps // 10)), "--train.evaluate", "false",
-           "--metrics.ledger", "false", "--train.output_dir", str(out_dir), *setting, *overrides]
+def one_run(
+    config: str | None, setting: list[str], args: argparse.Namespace, overrides: list[str], out_dir: Path
+) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "pitdist.cli",
+        "train",
+        *(["--config", config] if config else []),
+        "--dp",
+        str(args.dp),
+        "--sp",
+        str(args.sp),
+        "--train.steps",
+        str(args.steps),
+        "--train.log_every",
+        str(max(1, args.steps // 10)),
+        "--train.evaluate",
+        "false",
+        "--metrics.ledger",
+        "false",
+        "--train.output_dir",
+        str(out_dir),
+        *setting,
+        *overrides,
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     total = time.perf_counter() - start
@@ -81,16 +101,32 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         for name, setting in SETTINGS.items():
             print(f"[{r + 1}/{args.repeats}] {name} ...", flush=True)
             samples[name].append(one_run(config, setting, args, overrides, runs_dir))
-    summary = {name: {key: statistics.median(s[key] for s in runs) for key in ("step_s", "startup_s", "total_s")}
-               for name, runs in samples.items()}
+    summary = {
+        name: {key: statistics.median(s[key] for s in runs) for key in ("step_s", "startup_s", "total_s")}
+        for name, runs in samples.items()
+    }
     base = summary["local"]
-    lines = [f"dp={args.dp} x sp={args.sp}, {args.steps} steps, {args.repeats} interleaved runs each (medians)",
-             f"{'launcher / loader':<18}{'ms/step':>9}{'vs local':>10}{'start-up s':>12}{'total s':>9}"]
+    lines = [
+        f"dp={args.dp} x sp={args.sp}, {args.steps} steps, {args.repeats} interleaved runs each (medians)",
+        f"{'launcher / loader':<18}{'ms/step':>9}{'vs local':>10}{'start-up s':>12}{'total s':>9}",
+    ]
     for name, s in summary.items():
-        lines.append(f"{name:<18}{s['step_s'] * 1e3:>9.2f}{s['step_s'] / base['step_s']:>9.2f}x"
-                     f"{s['startup_s']:>12.1f}{s['total_s']:>9.1f}")
+        lines.append(
+            f"{name:<18}{s['step_s'] * 1e3:>9.2f}{s['step_s'] / base['step_s']:>9.2f}x"
+            f"{s['startup_s']:>12.1f}{s['total_s']:>9.1f}"
+        )
     print("\n".join(lines))
-    write_json({"dp": args.dp, "sp": args.sp, "steps": args.steps, "repeats": args.repeats,
-                "overrides": overrides, "summary": summary, "samples": samples}, out)
+    write_json(
+        {
+            "dp": args.dp,
+            "sp": args.sp,
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "overrides": overrides,
+            "summary": summary,
+            "samples": samples,
+        },
+        out,
+    )
     print(f"wrote {out}")
     return 0

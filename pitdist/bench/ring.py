@@ -56,18 +56,33 @@ def add_parser(sub) -> argparse.ArgumentParser:
             Example
               pitdist bench ring --sp 2,4,8 --side 56 --steps 5"""),
     )
-    p.add_argument("--sp", type=INT_LIST, default=[2, 4, 8], help="SP sizes P (default 2,4,8; a P whose ranks "
-                   "would not fit in the memory available is skipped, and said so)")
+    p.add_argument(
+        "--sp",
+        type=INT_LIST,
+        default=[2, 4, 8],
+        help="SP sizes P (default 2,4,8; a P whose ranks "
+        "would not fit in the memory available is skipped, and said so)",
+    )
     p.add_argument("--side", type=int, default=56, help="square image side (default 56: 3,136 tokens)")
     p.add_argument("--channels", type=int, default=1, help="image channels (default 1)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per scheme (default 2)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per scheme (default 5)")
-    p.add_argument("--project-model", default="base", choices=["tiny", "small", "base"],
-                   help="PiT size for the 64-rank projection (default base: 12 heads)")
-    p.add_argument("--project-sides", type=INT_LIST, default=[224, 512], help="image sides to project (default 224,512)")
+    p.add_argument(
+        "--project-model",
+        default="base",
+        choices=["tiny", "small", "base"],
+        help="PiT size for the 64-rank projection (default base: 12 heads)",
+    )
+    p.add_argument(
+        "--project-sides", type=INT_LIST, default=[224, 512], help="image sides to project (default 224,512)"
+    )
     p.add_argument("--project-world", type=int, default=64, help="ranks of the projection (default 64)")
-    p.add_argument("--project-sp", type=INT_LIST, default=[4, 16, 64],
-                   help="SP sizes P of the projection, each dividing its ranks (default 4,16,64)")
+    p.add_argument(
+        "--project-sp",
+        type=INT_LIST,
+        default=[4, 16, 64],
+        help="SP sizes P of the projection, each dividing its ranks (default 4,16,64)",
+    )
     p.add_argument("--out", default=None, help="JSON output (default runs/bench-ring-<time>.json; the PNG beside it)")
     return p
 
@@ -87,8 +102,23 @@ def plan(args: argparse.Namespace, overrides: list[str]):
         raise BenchOptionError(f"pitdist bench ring takes only --model.KEY VALUE besides its own options; got {bad[0]}")
     if args.side < 1 or args.channels < 1 or args.steps < 1 or args.warmup < 0:
         raise BenchOptionError("--side, --channels and --steps must be >= 1, --warmup >= 0")
-    cfg = load_config(None, [*DEFAULT_MODEL, *overrides, "--parallel.launcher", "local", "--train.batch_size", "1",
-                             "--optim.grad_clip", "0", "--optim.warmup_steps", "1", "--metrics.ledger", "true"])
+    cfg = load_config(
+        None,
+        [
+            *DEFAULT_MODEL,
+            *overrides,
+            "--parallel.launcher",
+            "local",
+            "--train.batch_size",
+            "1",
+            "--optim.grad_clip",
+            "0",
+            "--optim.warmup_steps",
+            "1",
+            "--metrics.ledger",
+            "true",
+        ],
+    )
     tokens = (args.side // cfg.model.patch_size) ** 2
     schemes, skipped = {}, []
     available = mem_available()
@@ -97,15 +127,21 @@ def plan(args: argparse.Namespace, overrides: list[str]):
         if not pairs:  # let the mesh say why, in its words
             ParallelDims(1, p).validate(heads=cfg.model.num_heads, num_tokens=tokens)
         if available is not None and p * RANK_BYTES > available:
-            skipped.append({"sp": p, "reason": f"{p} ranks need about {p * RANK_BYTES / 1024**3:.1f} GiB, "
-                                               f"{available / 1024**3:.1f} GiB available"})
+            skipped.append(
+                {
+                    "sp": p,
+                    "reason": f"{p} ranks need about {p * RANK_BYTES / 1024**3:.1f} GiB, "
+                    f"{available / 1024**3:.1f} GiB available",
+                }
+            )
             continue
         schemes[p] = [r for _, r in pairs]
     return cfg, schemes, skipped
 
 
-def _rank_main(rank: int, world: int, cfg_dict: dict, rings: list[int], side: int, channels: int, warmup: int,
-               steps: int) -> dict:
+def _rank_main(
+    rank: int, world: int, cfg_dict: dict, rings: list[int], side: int, channels: int, warmup: int, steps: int
+) -> dict:
     import torch
 
     from pitdist.config import config_from_dict
@@ -135,9 +171,18 @@ def _rank_main(rank: int, world: int, cfg_dict: dict, rings: list[int], side: in
         engine = build_engine(model, cfg, mesh, torch.float32)
         lo, hi = mesh.token_range(model.num_tokens)
         ledger = CommLedger(rank)
-        runs.append({"ring": ring, "mesh": mesh, "engine": engine, "ledger": ledger, "timer": StepTimer(ledger),
-                     "batch": Batch(pixels_to_tokens(pixels, cfg.model.patch_size, (lo, hi)), torch.arange(lo, hi),
-                                    label), "times": [], "losses": []})
+        runs.append(
+            {
+                "ring": ring,
+                "mesh": mesh,
+                "engine": engine,
+                "ledger": ledger,
+                "timer": StepTimer(ledger),
+                "batch": Batch(pixels_to_tokens(pixels, cfg.model.patch_size, (lo, hi)), torch.arange(lo, hi), label),
+                "times": [],
+                "losses": [],
+            }
+        )
 
     for i in range(warmup + steps):  # one step of each scheme per round
         for run in runs:
@@ -157,13 +202,23 @@ def _rank_main(rank: int, world: int, cfg_dict: dict, rings: list[int], side: in
     for run in runs:
         rows = [r for r in run["ledger"].rows() if r["step"] is not None and r["step"] >= warmup]
         totals = per_step_totals(rows)
-        out.append({"ring": run["ring"], "times": run["times"], "losses": run["losses"],
-                    "by_category": {k[0]: {"count": t.count, "handed": t.handed, "sent": t.sent, "seconds": t.seconds}
-                                    for k, t in totals.items()}})
+        out.append(
+            {
+                "ring": run["ring"],
+                "times": run["times"],
+                "losses": run["losses"],
+                "by_category": {
+                    k[0]: {"count": t.count, "handed": t.handed, "sent": t.sent, "seconds": t.seconds}
+                    for k, t in totals.items()
+                },
+            }
+        )
     return {"rank": rank, "runs": out}
 
 
-def aggregate(cfg, schemes: dict[int, list[int]], results: dict[int, list[dict]], side: int, channels: int) -> list[dict]:
+def aggregate(
+    cfg, schemes: dict[int, list[int]], results: dict[int, list[dict]], side: int, channels: int
+) -> list[dict]:
     from pitdist.report.comm_model import scheme_name, step_traffic
 
     rows = []
@@ -178,17 +233,25 @@ def aggregate(cfg, schemes: dict[int, list[int]], results: dict[int, list[dict]]
             attn_model = sum(model[c].sent for c in ATTENTION if c in model)
             total = sum(v["sent"] for v in measured.values())
             total_model = sum(v.sent for v in model.values())
-            rows.append({
-                "sp": p, "ulysses": p // ring, "ring": ring, "scheme": scheme_name(p, ring),
-                "attention_sent_bytes": attn, "model_attention_sent_bytes": attn_model,
-                "total_sent_bytes": total, "model_total_sent_bytes": total_model,
-                "ratio_to_model": total / total_model if total_model else None,
-                "attention_seconds": sum(measured[c]["seconds"] for c in ATTENTION if c in measured),
-                "step_s": statistics.median(per_step), "steps_s": per_step,
-                "by_category_rank0": measured,
-                "sent_bytes_per_rank": [sum(v["sent"] for v in r["by_category"].values()) for r in per_rank],
-                "losses_rank0": per_rank[0]["losses"],
-            })
+            rows.append(
+                {
+                    "sp": p,
+                    "ulysses": p // ring,
+                    "ring": ring,
+                    "scheme": scheme_name(p, ring),
+                    "attention_sent_bytes": attn,
+                    "model_attention_sent_bytes": attn_model,
+                    "total_sent_bytes": total,
+                    "model_total_sent_bytes": total_model,
+                    "ratio_to_model": total / total_model if total_model else None,
+                    "attention_seconds": sum(measured[c]["seconds"] for c in ATTENTION if c in measured),
+                    "step_s": statistics.median(per_step),
+                    "steps_s": per_step,
+                    "by_category_rank0": measured,
+                    "sent_bytes_per_rank": [sum(v["sent"] for v in r["by_category"].values()) for r in per_rank],
+                    "losses_rank0": per_rank[0]["losses"],
+                }
+            )
     return rows
 
 
@@ -207,10 +270,21 @@ def projection(args: argparse.Namespace) -> list[dict]:
             q = world // p
             for u, r in valid_factorisations(p, model.num_heads, n):
                 t = step_traffic(model, (side, side, 3), 1000, q, q, p, 0, 1.0, 2, ring=r)
-                rows.append({"side": side, "tokens": n, "world": world, "dp": q, "sp": p, "ulysses": u, "ring": r,
-                             "scheme": scheme_name(p, r), "attention_sent_bytes": attention_sent(t),
-                             "total_sent_bytes": sum(v.sent for v in t.values()),
-                             "units_nde": attention_sent(t) / (n * model.width * 2)})
+                rows.append(
+                    {
+                        "side": side,
+                        "tokens": n,
+                        "world": world,
+                        "dp": q,
+                        "sp": p,
+                        "ulysses": u,
+                        "ring": r,
+                        "scheme": scheme_name(p, r),
+                        "attention_sent_bytes": attention_sent(t),
+                        "total_sent_bytes": sum(v.sent for v in t.values()),
+                        "units_nde": attention_sent(t) / (n * model.width * 2),
+                    }
+                )
     return rows
 
 
@@ -220,29 +294,39 @@ def _mb(x: float) -> str:
 
 def render(report: dict) -> str:
     m = report["model"]
-    lines = [f"Measured: {report['side']}x{report['side']}x{report['channels']} images ({report['tokens']:,} tokens), "
-             f"D={m['dim']}, L={m['depth']}, {m['heads']} heads, batch 1, fp32, gloo on {report['machine']['cores']} "
-             f"cores; per rank per step, median of {report['steps']} steps (slowest rank); ratio = total sent / "
-             "model; attn comm s = seconds inside attention's communication calls and ring waits",
-             f"{'P':>3}  {'scheme':<20}{'threads':>8}{'attention sent':>16}{'model':>12}{'total sent':>13}"
-             f"{'ratio':>7}{'step s':>9}{'attn comm s':>12}"]
+    lines = [
+        f"Measured: {report['side']}x{report['side']}x{report['channels']} images ({report['tokens']:,} tokens), "
+        f"D={m['dim']}, L={m['depth']}, {m['heads']} heads, batch 1, fp32, gloo on {report['machine']['cores']} "
+        f"cores; per rank per step, median of {report['steps']} steps (slowest rank); ratio = total sent / "
+        "model; attn comm s = seconds inside attention's communication calls and ring waits",
+        f"{'P':>3}  {'scheme':<20}{'threads':>8}{'attention sent':>16}{'model':>12}{'total sent':>13}"
+        f"{'ratio':>7}{'step s':>9}{'attn comm s':>12}",
+    ]
     for r in report["rows"]:
-        lines.append(f"{r['sp']:>3}  {r['scheme']:<20}{report['threads_per_rank'][str(r['sp'])]:>8}"
-                     f"{_mb(r['attention_sent_bytes']):>16}{_mb(r['model_attention_sent_bytes']):>12}"
-                     f"{_mb(r['total_sent_bytes']):>13}{r['ratio_to_model']:>7.3f}{r['step_s']:>9.3f}"
-                     f"{r['attention_seconds']:>12.3f}")
+        lines.append(
+            f"{r['sp']:>3}  {r['scheme']:<20}{report['threads_per_rank'][str(r['sp'])]:>8}"
+            f"{_mb(r['attention_sent_bytes']):>16}{_mb(r['model_attention_sent_bytes']):>12}"
+            f"{_mb(r['total_sent_bytes']):>13}{r['ratio_to_model']:>7.3f}{r['step_s']:>9.3f}"
+            f"{r['attention_seconds']:>12.3f}"
+        )
     for s in report["skipped"]:
         lines.append(f"{s['sp']:>3}  skipped: {s['reason']}")
     proj = report["projection"]
     if proj:
         pm = report["projection_model"]
-        lines.append(f"\nProjected (analytical model): PiT-{pm['size']} (D={pm['dim']}, L={pm['depth']}, {pm['heads']} "
-                     f"heads) on {proj[0]['world']} ranks = Q x P, one image per SP group per step, bf16; "
-                     "attention bytes sent per rank per step (units of N*D*e)")
-        lines.append(f"{'side':>5} {'tokens':>8} {'Q x P':>8}  {'scheme':<22}{'attention':>14}{'(N*D*e)':>9}{'total':>12}")
+        lines.append(
+            f"\nProjected (analytical model): PiT-{pm['size']} (D={pm['dim']}, L={pm['depth']}, {pm['heads']} "
+            f"heads) on {proj[0]['world']} ranks = Q x P, one image per SP group per step, bf16; "
+            "attention bytes sent per rank per step (units of N*D*e)"
+        )
+        lines.append(
+            f"{'side':>5} {'tokens':>8} {'Q x P':>8}  {'scheme':<22}{'attention':>14}{'(N*D*e)':>9}{'total':>12}"
+        )
         for r in proj:
-            lines.append(f"{r['side']:>5} {r['tokens']:>8} {str(r['dp']) + ' x ' + str(r['sp']):>8}  {r['scheme']:<22}"
-                         f"{_mb(r['attention_sent_bytes']):>14}{r['units_nde']:>9.2f}{_mb(r['total_sent_bytes']):>12}")
+            lines.append(
+                f"{r['side']:>5} {r['tokens']:>8} {str(r['dp']) + ' x ' + str(r['sp']):>8}  {r['scheme']:<22}"
+                f"{_mb(r['attention_sent_bytes']):>14}{r['units_nde']:>9.2f}{_mb(r['total_sent_bytes']):>12}"
+            )
     return "\n".join(lines)
 
 
@@ -253,8 +337,12 @@ def plot(report: dict, path: Path) -> None:
         xs = range(len(rows))
         ax = axes[0]
         ax.bar(xs, [r["attention_sent_bytes"] / 1e6 for r in rows], label="attention (measured)")
-        ax.bar(xs, [(r["total_sent_bytes"] - r["attention_sent_bytes"]) / 1e6 for r in rows],
-               bottom=[r["attention_sent_bytes"] / 1e6 for r in rows], label="everything else")
+        ax.bar(
+            xs,
+            [(r["total_sent_bytes"] - r["attention_sent_bytes"]) / 1e6 for r in rows],
+            bottom=[r["attention_sent_bytes"] / 1e6 for r in rows],
+            label="everything else",
+        )
         ax.plot(xs, [r["model_total_sent_bytes"] / 1e6 for r in rows], "k_", markersize=18, label="model total")
         ax.set_xticks(list(xs), labels, fontsize=7)
         ax.set_ylabel("MB sent per rank per step")
@@ -270,9 +358,19 @@ def plot(report: dict, path: Path) -> None:
             for kind, style in (("ulysses", "o-"), ("ring", "s--"), ("hybrid", "^:")):
                 pts = []
                 for p in sorted({r["sp"] for r in report["projection"] if r["side"] == side}):
-                    cands = [r for r in report["projection"] if r["side"] == side and r["sp"] == p
-                             and (r["ring"] == 1 if kind == "ulysses" else r["ulysses"] == 1 if kind == "ring"
-                                  else r["ring"] > 1 and r["ulysses"] > 1)]
+                    cands = [
+                        r
+                        for r in report["projection"]
+                        if r["side"] == side
+                        and r["sp"] == p
+                        and (
+                            r["ring"] == 1
+                            if kind == "ulysses"
+                            else r["ulysses"] == 1
+                            if kind == "ring"
+                            else r["ring"] > 1 and r["ulysses"] > 1
+                        )
+                    ]
                     if cands:
                         pts.append((p, min(c["attention_sent_bytes"] for c in cands)))
                 if pts:
@@ -298,22 +396,41 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     threads = {p: max(1, ncores // p) for p in schemes}
     results = {}
     for p, rings in schemes.items():
-        print(f"[bench ring] P={p}: {', '.join(f'ulysses {p // r} x ring {r}' for r in rings)} "
-              f"({args.warmup} + {args.steps} steps each, {threads[p]} threads per rank)", file=sys.stderr, flush=True)
+        print(
+            f"[bench ring] P={p}: {', '.join(f'ulysses {p // r} x ring {r}' for r in rings)} "
+            f"({args.warmup} + {args.steps} steps each, {threads[p]} threads per rank)",
+            file=sys.stderr,
+            flush=True,
+        )
         start = time.perf_counter()
-        results[p] = run_ranks(p, threads[p], _rank_main, cfg.to_dict(), rings, args.side, args.channels,
-                               args.warmup, args.steps)
+        results[p] = run_ranks(
+            p, threads[p], _rank_main, cfg.to_dict(), rings, args.side, args.channels, args.warmup, args.steps
+        )
         print(f"[bench ring] P={p} done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     pm = load_config(None, ["--model.size", args.project_model]).model
     report = {
         "argv": sys.argv[1:],
         "machine": {"cores": ncores, "mem_available_bytes": mem_available()},
-        "side": args.side, "channels": args.channels, "tokens": (args.side // cfg.model.patch_size) ** 2,
-        "model": {"dim": cfg.model.width, "depth": cfg.model.num_layers, "heads": cfg.model.num_heads,
-                  "pos_embed": cfg.model.pos_embed},
-        "warmup": args.warmup, "steps": args.steps, "threads_per_rank": {str(p): t for p, t in threads.items()},
-        "rows": aggregate(cfg, schemes, results, args.side, args.channels), "skipped": skipped,
-        "projection_model": {"size": args.project_model, "dim": pm.width, "depth": pm.num_layers, "heads": pm.num_heads},
+        "side": args.side,
+        "channels": args.channels,
+        "tokens": (args.side // cfg.model.patch_size) ** 2,
+        "model": {
+            "dim": cfg.model.width,
+            "depth": cfg.model.num_layers,
+            "heads": cfg.model.num_heads,
+            "pos_embed": cfg.model.pos_embed,
+        },
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "threads_per_rank": {str(p): t for p, t in threads.items()},
+        "rows": aggregate(cfg, schemes, results, args.side, args.channels),
+        "skipped": skipped,
+        "projection_model": {
+            "size": args.project_model,
+            "dim": pm.width,
+            "depth": pm.num_layers,
+            "heads": pm.num_heads,
+        },
         "projection": projection(args),
     }
     out = json_path(args.out, "ring")

@@ -39,8 +39,13 @@ def run_ranks(world: int, threads: int, fn, *args) -> list:
 
     ctx = mp.get_context("spawn")
     results = ctx.SimpleQueue()
-    procs = mp.start_processes(_entry, args=(world, comm.free_port(), threads, fn, args, results), nprocs=world,
-                               join=False, start_method="spawn")
+    procs = mp.start_processes(
+        _entry,
+        args=(world, comm.free_port(), threads, fn, args, results),
+        nprocs=world,
+        join=False,
+        start_method="spawn",
+    )
     out: dict[int, object] = {}
     try:
         while not procs.join(timeout=1.0):

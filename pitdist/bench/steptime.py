@@ -41,9 +41,15 @@ from pitdist.bench.common import (
 INT_LIST = int_list(1, "1,2,4")  # the list-valued options' type
 
 PARTS = ("compute", "all_to_all", "grad_reduce", "other_comm", "data_wait")
-CATEGORY_PART = {"attention_a2a": "all_to_all", "attention_ring": "all_to_all", "grad_reduce": "grad_reduce",
-                 "pe_grad_reduce": "grad_reduce", "zero_param_gather": "grad_reduce", "pe_param_gather": "grad_reduce",
-                 "grad_norm": "grad_reduce"}  # anything else (pooling, metrics, data) is other_comm
+CATEGORY_PART = {
+    "attention_a2a": "all_to_all",
+    "attention_ring": "all_to_all",
+    "grad_reduce": "grad_reduce",
+    "pe_grad_reduce": "grad_reduce",
+    "zero_param_gather": "grad_reduce",
+    "pe_param_gather": "grad_reduce",
+    "grad_norm": "grad_reduce",
+}  # anything else (pooling, metrics, data) is other_comm
 
 EPILOG = textwrap.dedent(
     """\
@@ -72,8 +78,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--sp", type=INT_LIST, default=[1, 2, 4], metavar="LIST", help="SP sizes P (default: 1,2,4)")
     p.add_argument("--dp", type=int, default=1, help="data-parallel groups Q for every P (default: 1)")
-    p.add_argument("--dataset", default="synthetic:28x28x1:512",
-                   help="dataset (default: synthetic:28x28x1:512, 784 tokens per image)")
+    p.add_argument(
+        "--dataset",
+        default="synthetic:28x28x1:512",
+        help="dataset (default: synthetic:28x28x1:512, 784 tokens per image)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="images per step over all DP groups (default: 8)")
     p.add_argument("--steps", type=int, default=8, help="training steps per P (default: 8)")
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of the averages (default: 2)")
@@ -88,20 +97,49 @@ def configs(args: argparse.Namespace, overrides: list[str], run_root: Path) -> l
     from pitdist.train.validate import validate_job
 
     if args.steps <= args.warmup or args.warmup < 0:
-        raise BenchOptionError(f"--steps {args.steps} --warmup {args.warmup}: need 0 <= warmup < steps, so that "
-                               f"some steps are timed")
+        raise BenchOptionError(
+            f"--steps {args.steps} --warmup {args.warmup}: need 0 <= warmup < steps, so that some steps are timed"
+        )
     if args.dp < 1 or args.batch_size < 1:
         raise BenchOptionError("--dp and --batch-size must be >= 1")
     out = []
     for p in args.sp:
-        cfg = load_config(None, [
-            "--model.size", "nano", "--model.pos_embed", "sincos", *overrides, "--data.dataset", args.dataset,
-            "--data.loader", "memory", "--parallel.launcher", "local", "--parallel.dp", str(args.dp),
-            "--parallel.sp", str(p), "--parallel.zero_stage", str(args.zero), "--train.steps", str(args.steps),
-            "--train.batch_size", str(args.batch_size), "--train.log_every", str(args.steps),
-            "--train.evaluate", "false", "--metrics.ledger", "true", "--train.output_dir", str(run_root),
-            "--name", f"steptime-q{args.dp}p{p}",
-        ])
+        cfg = load_config(
+            None,
+            [
+                "--model.size",
+                "nano",
+                "--model.pos_embed",
+                "sincos",
+                *overrides,
+                "--data.dataset",
+                args.dataset,
+                "--data.loader",
+                "memory",
+                "--parallel.launcher",
+                "local",
+                "--parallel.dp",
+                str(args.dp),
+                "--parallel.sp",
+                str(p),
+                "--parallel.zero_stage",
+                str(args.zero),
+                "--train.steps",
+                str(args.steps),
+                "--train.batch_size",
+                str(args.batch_size),
+                "--train.log_every",
+                str(args.steps),
+                "--train.evaluate",
+                "false",
+                "--metrics.ledger",
+                "true",
+                "--train.output_dir",
+                str(run_root),
+                "--name",
+                f"steptime-q{args.dp}p{p}",
+            ],
+        )
         try:
             validate_job(cfg)  # the mesh fits the heads and tokens: refuse before any rank starts
         except ValueError as exc:
@@ -139,20 +177,28 @@ def split_run(run_dir: Path, warmup: int) -> dict:
         per_rank.append(steps)
     mean = {k: statistics.fmean(s[k] for steps in per_rank for s in steps) for k in ("total_s", *PARTS)}
     per_step = slowest([[s["total_s"] for s in steps] for steps in per_rank])
-    return {"mean": mean, "median_slowest_total_s": statistics.median(per_step), "timed_steps": len(per_rank[0]),
-            "per_rank": per_rank}
+    return {
+        "mean": mean,
+        "median_slowest_total_s": statistics.median(per_step),
+        "timed_steps": len(per_rank[0]),
+        "per_rank": per_rank,
+    }
 
 
 def render(report: dict) -> str:
-    lines = [f"pitdist bench steptime: {report['model']}, {report['dataset']}, batch {report['batch_size']}, "
-             f"Q = {report['dp']}, ZeRO {report['zero_stage']}; mean over ranks and {report['timed_steps']} timed steps",
-             f"{'P':>3}{'threads':>8}{'step s':>9}{'compute':>9}{'all-to-all':>11}{'grad red.':>10}{'other comm':>11}"
-             f"{'data wait':>10}{'comm %':>8}"]
+    lines = [
+        f"pitdist bench steptime: {report['model']}, {report['dataset']}, batch {report['batch_size']}, "
+        f"Q = {report['dp']}, ZeRO {report['zero_stage']}; mean over ranks and {report['timed_steps']} timed steps",
+        f"{'P':>3}{'threads':>8}{'step s':>9}{'compute':>9}{'all-to-all':>11}{'grad red.':>10}{'other comm':>11}"
+        f"{'data wait':>10}{'comm %':>8}",
+    ]
     for r in report["rows"]:
         m = r["mean"]
         comm = m["all_to_all"] + m["grad_reduce"] + m["other_comm"]
-        lines.append(f"{r['sp']:>3}{r['threads_per_rank']:>8}{m['total_s']:>9.3f}{m['compute']:>9.3f}{m['all_to_all']:>11.3f}"
-                     f"{m['grad_reduce']:>10.3f}{m['other_comm']:>11.3f}{m['data_wait']:>10.4f}{comm / m['total_s']:>8.1%}")
+        lines.append(
+            f"{r['sp']:>3}{r['threads_per_rank']:>8}{m['total_s']:>9.3f}{m['compute']:>9.3f}{m['all_to_all']:>11.3f}"
+            f"{m['grad_reduce']:>10.3f}{m['other_comm']:>11.3f}{m['data_wait']:>10.4f}{comm / m['total_s']:>8.1%}"
+        )
     return "\n".join(lines)
 
 
@@ -160,8 +206,13 @@ def plot(report: dict, path: Path) -> None:
     rows = report["rows"]
     with figure(path, 2, (11, 4.2)) as (fig, axes):
         labels = [f"P={r['sp']}" for r in rows]
-        names = {"compute": "compute", "all_to_all": "all-to-all", "grad_reduce": "gradient reduction",
-                 "other_comm": "other comm", "data_wait": "data wait"}
+        names = {
+            "compute": "compute",
+            "all_to_all": "all-to-all",
+            "grad_reduce": "gradient reduction",
+            "other_comm": "other comm",
+            "data_wait": "data wait",
+        }
         for ax, share in zip(axes, (False, True)):
             bottom = [0.0] * len(rows)
             for part in PARTS:
@@ -171,8 +222,11 @@ def plot(report: dict, path: Path) -> None:
             ax.set_ylabel("% of step" if share else "seconds per step")
             ax.set_title("share of the step" if share else "step time by part (mean over ranks)", fontsize=10)
         axes[0].legend(fontsize=8)
-        fig.suptitle(f"{report['model']}, {report['dataset']}, batch {report['batch_size']}, "
-                     f"{report['machine']['cores']} CPU cores shared by the P ranks", fontsize=9)
+        fig.suptitle(
+            f"{report['model']}, {report['dataset']}, batch {report['batch_size']}, "
+            f"{report['machine']['cores']} CPU cores shared by the P ranks",
+            fontsize=9,
+        )
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -192,24 +246,42 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     m = cfgs[0].model
-    report = {"benchmark": "pitdist bench steptime", "created": created(),
-              "command": sys.argv, "dataset": args.dataset, "batch_size": args.batch_size, "dp": args.dp,
-              "zero_stage": args.zero, "steps": args.steps, "warmup": args.warmup,
-              "timed_steps": args.steps - args.warmup,
-              "model": f"PiT {m.width}x{m.num_layers}L {m.num_heads}h {m.pos_embed}",
-              "machine": {"cores": os.cpu_count()}, "rows": []}
+    report = {
+        "benchmark": "pitdist bench steptime",
+        "created": created(),
+        "command": sys.argv,
+        "dataset": args.dataset,
+        "batch_size": args.batch_size,
+        "dp": args.dp,
+        "zero_stage": args.zero,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "timed_steps": args.steps - args.warmup,
+        "model": f"PiT {m.width}x{m.num_layers}L {m.num_heads}h {m.pos_embed}",
+        "machine": {"cores": os.cpu_count()},
+        "rows": [],
+    }
     started = time.perf_counter()
     for cfg in cfgs:
         t0 = time.perf_counter()
         run_dir = make_run_dir(cfg)
-        print(f"[bench steptime] P = {cfg.parallel.sp}: {cfg.train.steps} steps -> {run_dir}", file=sys.stderr, flush=True)
+        print(
+            f"[bench steptime] P = {cfg.parallel.sp}: {cfg.train.steps} steps -> {run_dir}", file=sys.stderr, flush=True
+        )
         try:
             launch_local(cfg, run_dir)
         except LaunchError as exc:
             print(f"pitdist bench steptime: P = {cfg.parallel.sp} failed:\n{exc}", file=sys.stderr)
             return 1
         split = split_run(run_dir, args.warmup)
-        report["rows"].append({"sp": cfg.parallel.sp, "threads_per_rank": threads_per_rank(cfg), "run_dir": str(run_dir),
-                               "run_s": time.perf_counter() - t0, **split})
+        report["rows"].append(
+            {
+                "sp": cfg.parallel.sp,
+                "threads_per_rank": threads_per_rank(cfg),
+                "run_dir": str(run_dir),
+                "run_s": time.perf_counter() - t0,
+                **split,
+            }
+        )
     report["elapsed_s"] = time.perf_counter() - started
     return publish(report, out, png, plot, render)

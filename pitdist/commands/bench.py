@@ -10,8 +10,11 @@ from pitdist.bench import BENCHMARKS
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("bench", help=f"benchmarks ({', '.join(BENCHMARKS)})",
-                       description="Benchmarks measured with real ranks on this machine.")
+    p = sub.add_parser(
+        "bench",
+        help=f"benchmarks ({', '.join(BENCHMARKS)})",
+        description="Benchmarks measured with real ranks on this machine.",
+    )
     subs = p.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
     for name in BENCHMARKS:
         importlib.import_module(f"pitdist.bench.{name}").add_parser(subs)

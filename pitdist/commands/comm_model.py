@@ -26,9 +26,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--dp", type=int, default=1, help="data-parallel groups Q (default 1)")
     p.add_argument("--sp", default="4,12", help="SP sizes P, comma separated (default 4,12)")
     p.add_argument("--zero", type=int, default=0, choices=[0, 1, 2], help="ZeRO stage (default 0)")
-    p.add_argument("--bytes", type=int, default=2, choices=[2, 4], help="bytes per element: 2 = bf16 (default), 4 = fp32")
-    p.add_argument("--schemes", action="store_true", help="compare Ulysses, ring attention and every Ulysses x ring "
-                   "hybrid at each P (attention bytes, and the total per PE variant) instead")
+    p.add_argument(
+        "--bytes", type=int, default=2, choices=[2, 4], help="bytes per element: 2 = bf16 (default), 4 = fp32"
+    )
+    p.add_argument(
+        "--schemes",
+        action="store_true",
+        help="compare Ulysses, ring attention and every Ulysses x ring "
+        "hybrid at each P (attention bytes, and the total per PE variant) instead",
+    )
     return p
 
 
@@ -39,19 +45,43 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     try:
         h, w, c = (int(v) for v in args.image.split("x"))
     except ValueError:
-        print(f"pitdist comm-model: error: --image: expected HxWxC such as 224x224x3, got {args.image!r}", file=sys.stderr)
+        print(
+            f"pitdist comm-model: error: --image: expected HxWxC such as 224x224x3, got {args.image!r}", file=sys.stderr
+        )
         return 2
     try:
-        cfg = load_config(None, overrides + ["--train.batch_size", str(args.batch), "--parallel.dp", str(args.dp),
-                                             "--parallel.launcher", "local" if args.dp > 1 else "single"])
+        cfg = load_config(
+            None,
+            overrides
+            + [
+                "--train.batch_size",
+                str(args.batch),
+                "--parallel.dp",
+                str(args.dp),
+                "--parallel.launcher",
+                "local" if args.dp > 1 else "single",
+            ],
+        )
         sps = int_list("--sp", args.sp)
         variants = {name: load_config(None, overrides + flags).model for name, flags in VARIANTS.items()}
     except ConfigError as exc:
         print(f"pitdist comm-model: error: {exc}", file=sys.stderr)
         return 2
     if args.schemes:
-        print(scheme_table(cfg.model, (h, w, c), args.classes, args.batch, args.dp, sps, args.zero, cfg.optim.grad_clip,
-                           variants, args.bytes))
+        print(
+            scheme_table(
+                cfg.model,
+                (h, w, c),
+                args.classes,
+                args.batch,
+                args.dp,
+                sps,
+                args.zero,
+                cfg.optim.grad_clip,
+                variants,
+                args.bytes,
+            )
+        )
         return 0
     from pitdist.parallel_dims import MeshError, ParallelDims
 
@@ -61,6 +91,18 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
             ParallelDims(args.dp, sp).validate(heads=cfg.model.num_heads, num_tokens=n)
         except MeshError as exc:
             print(f"note: pitdist would refuse P = {sp} here: {exc}")
-    print(projection_table(cfg.model, (h, w, c), args.classes, args.batch, args.dp, sps, args.zero,
-                           cfg.optim.grad_clip, variants, args.bytes))
+    print(
+        projection_table(
+            cfg.model,
+            (h, w, c),
+            args.classes,
+            args.batch,
+            args.dp,
+            sps,
+            args.zero,
+            cfg.optim.grad_clip,
+            variants,
+            args.bytes,
+        )
+    )
     return 0

@@ -30,16 +30,27 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help=f"job TOML file (default: {DEFAULT_JOB} when it exists)")
     p.add_argument("--run", nargs="+", metavar="RUN_DIR", help="report finished runs instead of training")
     p.add_argument("--prometheus", metavar="URL", help="report runs from this Prometheus instead (its HTTP API)")
-    p.add_argument("--run-id", nargs="+", metavar="RUN", help="with --prometheus: the runs (run directory names; "
-                   "default: every run within --lookback)")
+    p.add_argument(
+        "--run-id",
+        nargs="+",
+        metavar="RUN",
+        help="with --prometheus: the runs (run directory names; default: every run within --lookback)",
+    )
     p.add_argument("--lookback", default="1d", help="with --prometheus: how far back to look, e.g. 2h (default 1d)")
     p.add_argument("--dp", default="1", help="data-parallel groups Q (default 1)")
     p.add_argument("--sp", default="2", help="SP ranks P; a comma list sweeps them, e.g. 1,2,4 (default 2)")
-    p.add_argument("--ring", default="1", help="ring-attention ranks R of each P (Ulysses over P/R); a comma list "
-                   "compares schemes, e.g. --sp 4 --ring 1,2,4 = Ulysses, hybrid 2x2, ring (default 1)")
+    p.add_argument(
+        "--ring",
+        default="1",
+        help="ring-attention ranks R of each P (Ulysses over P/R); a comma list "
+        "compares schemes, e.g. --sp 4 --ring 1,2,4 = Ulysses, hybrid 2x2, ring (default 1)",
+    )
     p.add_argument("--zero", type=int, default=None, help="ZeRO stage 0, 1 or 2 (default: the job's)")
-    p.add_argument("--variants", default="none,sincos,learned,learned-sharded",
-                   help="comma list of none, sincos, learned, learned-sharded (default: all four)")
+    p.add_argument(
+        "--variants",
+        default="none,sincos,learned,learned-sharded",
+        help="comma list of none, sincos, learned, learned-sharded (default: all four)",
+    )
     p.add_argument("--steps", type=int, default=3, help="training steps per variant (default 3)")
     p.add_argument("--out", default=None, help="output directory (default runs/comm-report-<time>)")
     return p
@@ -73,12 +84,20 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
             if args.zero is not None:
                 overrides += ["--parallel.zero_stage", str(args.zero)]
             rings = int_list("--ring", args.ring)
-            sizes = [(q, p, r) for q in int_list("--dp", args.dp) for p in int_list("--sp", args.sp)
-                     for r in rings if p % r == 0]
+            sizes = [
+                (q, p, r)
+                for q in int_list("--dp", args.dp)
+                for p in int_list("--sp", args.sp)
+                for r in rings
+                if p % r == 0
+            ]
             if not sizes:
                 raise ConfigError(f"--ring {args.ring}: no ring size divides any --sp {args.sp}")
-            configs = [comm_sweep.variant_config(config_path, list(overrides), v, q, p, args.steps, out_dir, ring=r)
-                       for q, p, r in sizes for v in variants]
+            configs = [
+                comm_sweep.variant_config(config_path, list(overrides), v, q, p, args.steps, out_dir, ring=r)
+                for q, p, r in sizes
+                for v in variants
+            ]
             print(f"pitdist comm-report: {len(configs)} runs of {args.steps} steps -> {out_dir}", flush=True)
             run_dirs = comm_sweep.run_sweep(configs)
         text, paths = comm_sweep.report(run_dirs, out_dir)

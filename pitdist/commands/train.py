@@ -38,15 +38,25 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--config", default=None, help=f"job TOML file (default: {DEFAULT_JOB} when it exists)")
     p.add_argument("--launcher", choices=["single", "local", "ray"], help="shortcut for --parallel.launcher")
-    p.add_argument("--address", help="Ray cluster to attach to (shortcut for --parallel.ray_address; default: "
-                   "the cluster of the Ray job this runs in, else an embedded local cluster)")
+    p.add_argument(
+        "--address",
+        help="Ray cluster to attach to (shortcut for --parallel.ray_address; default: "
+        "the cluster of the Ray job this runs in, else an embedded local cluster)",
+    )
     p.add_argument("--dp", type=int, help="data-parallel groups Q (shortcut for --parallel.dp)")
     p.add_argument("--sp", type=int, help="sequence-parallel ranks P per image (shortcut for --parallel.sp)")
-    p.add_argument("--ring", type=int, help="of the P ranks, how many pass K/V around a ring (ring attention; "
-                   "the other factor P/ring runs Ulysses); shortcut for --parallel.ring")
+    p.add_argument(
+        "--ring",
+        type=int,
+        help="of the P ranks, how many pass K/V around a ring (ring attention; "
+        "the other factor P/ring runs Ulysses); shortcut for --parallel.ring",
+    )
     p.add_argument("--zero", type=int, help="ZeRO stage 0, 1 or 2 (shortcut for --parallel.zero_stage)")
-    p.add_argument("--resume", help="continue from a checkpoint: a run's checkpoints/ directory, or one Ray "
-                   "checkpoint directory such as runs/ray/<run>/step-100 (shortcut for --train.resume)")
+    p.add_argument(
+        "--resume",
+        help="continue from a checkpoint: a run's checkpoints/ directory, or one Ray "
+        "checkpoint directory such as runs/ray/<run>/step-100 (shortcut for --train.resume)",
+    )
     return p
 
 
@@ -54,8 +64,15 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     from pitdist.parallel_dims import MeshError
 
     config_path = default_job(args.config)
-    shortcuts = {"launcher": "parallel.launcher", "dp": "parallel.dp", "sp": "parallel.sp", "ring": "parallel.ring",
-                 "zero": "parallel.zero_stage", "resume": "train.resume", "address": "parallel.ray_address"}
+    shortcuts = {
+        "launcher": "parallel.launcher",
+        "dp": "parallel.dp",
+        "sp": "parallel.sp",
+        "ring": "parallel.ring",
+        "zero": "parallel.zero_stage",
+        "resume": "train.resume",
+        "address": "parallel.ray_address",
+    }
     for attr, key in shortcuts.items():
         value = getattr(args, attr)
         if value is not None:

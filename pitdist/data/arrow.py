@@ -25,9 +25,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -47,17 +47,26 @@ class DataError(ConfigError):
 
 def arrow_schema(shape: tuple[int, int, int], class_names: list[str], source: str = "") -> pa.Schema:
     h, w, c = shape
-    meta = {"format_version": str(FORMAT_VERSION), "height": str(h), "width": str(w), "channels": str(c),
-            "class_names": json.dumps(list(class_names)), "source": source}
-    return pa.schema([("id", pa.int64()), ("label", pa.int64()), ("pixels", pa.binary(h * w * c))],
-                     metadata={f"{_PREFIX}{k}": v for k, v in meta.items()})
+    meta = {
+        "format_version": str(FORMAT_VERSION),
+        "height": str(h),
+        "width": str(w),
+        "channels": str(c),
+        "class_names": json.dumps(list(class_names)),
+        "source": source,
+    }
+    return pa.schema(
+        [("id", pa.int64()), ("label", pa.int64()), ("pixels", pa.binary(h * w * c))],
+        metadata={f"{_PREFIX}{k}": v for k, v in meta.items()},
+    )
 
 
 def pixel_batch(ids: np.ndarray, labels: np.ndarray, pixels: np.ndarray, schema: pa.Schema) -> pa.RecordBatch:
     """A record batch of images (uint8 [k, H, W, C]) whose pixel column wraps their bytes without a copy."""
     pixels = np.ascontiguousarray(pixels)
-    column = pa.FixedSizeBinaryArray.from_buffers(schema.field("pixels").type, len(pixels),
-                                                  [None, pa.py_buffer(pixels.reshape(-1))])
+    column = pa.FixedSizeBinaryArray.from_buffers(
+        schema.field("pixels").type, len(pixels), [None, pa.py_buffer(pixels.reshape(-1))]
+    )
     return pa.record_batch([pa.array(ids, pa.int64()), pa.array(labels, pa.int64()), column], schema=schema)
 
 
@@ -78,8 +87,15 @@ class DatasetWriter:
     writes the manifest and renames the directory to ``out``. Used as a context manager, an exception
     (or a killed process) leaves no directory at ``out`` and nothing with a manifest: nothing that loads."""
 
-    def __init__(self, out: str | os.PathLike, shape: tuple[int, int, int], class_names: list[str],
-                 rows_per_shard: int, source: str = "", overwrite: bool = False):
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        shape: tuple[int, int, int],
+        class_names: list[str],
+        rows_per_shard: int,
+        source: str = "",
+        overwrite: bool = False,
+    ):
         self.out = Path(out).absolute()
         if self.out.exists() and not overwrite:
             raise DataError(f"{self.out} already exists; choose another --out or pass --overwrite")
@@ -107,18 +123,30 @@ class DatasetWriter:
         self._writer.close()
         final = self._path.with_suffix("")  # drop ".partial": the shard is complete
         os.replace(self._path, final)
-        self.shards.append({"file": final.name, "rows": self._rows_in_shard, "bytes": final.stat().st_size,
-                            "sha256": sha256_file(final)})
+        self.shards.append(
+            {
+                "file": final.name,
+                "rows": self._rows_in_shard,
+                "bytes": final.stat().st_size,
+                "sha256": sha256_file(final),
+            }
+        )
         self._writer = None
 
     def write(self, labels: np.ndarray, pixels: np.ndarray, ids: np.ndarray | None = None) -> None:
         """Append images: pixels uint8 [k, H, W, C], labels [k]; ids default to the running row number."""
         pixels = np.ascontiguousarray(pixels)
         if pixels.dtype != np.uint8 or pixels.shape[1:] != self.shape:
-            raise DataError(f"images of dtype {pixels.dtype} and shape {pixels.shape[1:]} do not match the dataset's "
-                            f"uint8 {self.shape}")
+            raise DataError(
+                f"images of dtype {pixels.dtype} and shape {pixels.shape[1:]} do not match the dataset's "
+                f"uint8 {self.shape}"
+            )
         labels = np.asarray(labels, dtype=np.int64)
-        ids = np.arange(self.num_rows, self.num_rows + len(labels), dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
+        ids = (
+            np.arange(self.num_rows, self.num_rows + len(labels), dtype=np.int64)
+            if ids is None
+            else np.asarray(ids, np.int64)
+        )
         start = 0
         while start < len(labels):
             if self._writer is None:
@@ -138,8 +166,16 @@ class DatasetWriter:
         if self.num_rows == 0:
             raise DataError("the source has no images; nothing written")
         h, w, c = self.shape
-        manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "height": h, "width": w, "channels": c,
-                    "class_names": self.class_names, "num_rows": self.num_rows, "shards": self.shards}
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "height": h,
+            "width": w,
+            "channels": c,
+            "class_names": self.class_names,
+            "num_rows": self.num_rows,
+            "shards": self.shards,
+        }
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if self.out.exists():  # overwrite: only now that the new dataset is complete
             shutil.rmtree(self.out)
@@ -151,7 +187,7 @@ class DatasetWriter:
             self._writer.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def __enter__(self) -> "DatasetWriter":
+    def __enter__(self) -> DatasetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -166,10 +202,14 @@ def pixel_view(column: pa.Array, shape: tuple[int, int, int]) -> np.ndarray:
     """Zero-copy uint8 [n, H, W, C] view of one fixed_size_binary array (no per-row Python)."""
     width = column.type.byte_width
     data = column.buffers()[1]
-    return np.frombuffer(data, np.uint8, count=len(column) * width, offset=column.offset * width).reshape(len(column), *shape)
+    return np.frombuffer(data, np.uint8, count=len(column) * width, offset=column.offset * width).reshape(
+        len(column), *shape
+    )
 
 
-def table_to_numpy(table: pa.Table | pa.RecordBatch, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def table_to_numpy(
+    table: pa.Table | pa.RecordBatch, shape: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(pixels uint8 [b, H, W, C], ids int64 [b], labels int64 [b]) from an Arrow batch; zero-copy for the
     pixels when the column is one chunk."""
     col = table.column("pixels")
@@ -214,7 +254,7 @@ class ShardedPixels:
                 raise IndexError(f"index out of range for {len(self)} images")
         return idx if self.rows is None else self.rows[idx]
 
-    def select(self, key) -> "ShardedPixels":
+    def select(self, key) -> ShardedPixels:
         return ShardedPixels(self.views, self._global(key))
 
     def __getitem__(self, key) -> np.ndarray:
@@ -251,8 +291,10 @@ def _meta(schema: pa.Schema, file: Path) -> dict[str, str]:
     raw = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
     missing = [k for k in META_KEYS if _PREFIX + k not in raw]
     if missing:
-        raise DataError(f"{file}: schema metadata lacks {', '.join(_PREFIX + k for k in missing)}; "
-                        "not written by `pitdist data convert` (re-convert the source)")
+        raise DataError(
+            f"{file}: schema metadata lacks {', '.join(_PREFIX + k for k in missing)}; "
+            "not written by `pitdist data convert` (re-convert the source)"
+        )
     return {k: raw[_PREFIX + k] for k in META_KEYS}
 
 
@@ -260,11 +302,15 @@ def read_manifest(path: str | os.PathLike) -> dict:
     root = Path(path)
     file = root / MANIFEST
     if not root.is_dir():
-        raise DataError(f"data.dataset = '{path}': no such directory; use 'digits', synthetic:HxWxC[:COUNT] "
-                        "or a directory written by `pitdist data convert`")
+        raise DataError(
+            f"data.dataset = '{path}': no such directory; use 'digits', synthetic:HxWxC[:COUNT] "
+            "or a directory written by `pitdist data convert`"
+        )
     if not file.is_file():
-        raise DataError(f"{root}: no {MANIFEST}; not a pitdist dataset, or its conversion did not finish "
-                        "(run `pitdist data convert` again)")
+        raise DataError(
+            f"{root}: no {MANIFEST}; not a pitdist dataset, or its conversion did not finish "
+            "(run `pitdist data convert` again)"
+        )
     try:
         manifest = json.loads(file.read_text())
         shards = manifest["shards"]
@@ -274,8 +320,10 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if not ok:
         raise DataError(f"{file}: not a {FORMAT_NAME} manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{file}: format version {manifest.get('format_version')!r}; this pitdist reads "
-                        f"version {FORMAT_VERSION} (re-convert the source)")
+        raise DataError(
+            f"{file}: format version {manifest.get('format_version')!r}; this pitdist reads "
+            f"version {FORMAT_VERSION} (re-convert the source)"
+        )
     return manifest
 
 
@@ -287,8 +335,10 @@ def verify_shard_bytes(file: Path, entry: dict) -> None:
         raise DataError(f"{file}: {size} bytes but the manifest says {entry['bytes']} (truncated or replaced shard)")
     digest = sha256_file(file)
     if digest != entry["sha256"]:
-        raise DataError(f"{file}: sha256 {digest[:16]}... does not match the manifest's {entry['sha256'][:16]}... "
-                        "(corrupt shard; re-convert the source)")
+        raise DataError(
+            f"{file}: sha256 {digest[:16]}... does not match the manifest's {entry['sha256'][:16]}... "
+            "(corrupt shard; re-convert the source)"
+        )
 
 
 def open_shard(file: Path, entry: dict | None = None, checksum: bool = True) -> tuple[pa.Table, dict]:
@@ -311,16 +361,21 @@ def open_shard(file: Path, entry: dict | None = None, checksum: bool = True) -> 
     if not isinstance(class_names, list) or not class_names:
         raise DataError(f"{file}: metadata {_PREFIX}class_names must be a non-empty JSON list")
     names = table.schema.names
-    for col, ok in (("id", pa.types.is_integer), ("label", pa.types.is_integer),
-                    ("pixels", pa.types.is_fixed_size_binary)):
+    for col, ok in (
+        ("id", pa.types.is_integer),
+        ("label", pa.types.is_integer),
+        ("pixels", pa.types.is_fixed_size_binary),
+    ):
         if col not in names:
             raise DataError(f"{file}: no column '{col}' (columns: {names})")
         if not ok(table.schema.field(col).type):
             raise DataError(f"{file}: column '{col}' has type {table.schema.field(col).type}")
     width = table.schema.field("pixels").type.byte_width
     if width != int(np.prod(shape)):
-        raise DataError(f"{file}: pixels are {width} bytes per image but the metadata says "
-                        f"{shape[0]}x{shape[1]}x{shape[2]} = {int(np.prod(shape))}")
+        raise DataError(
+            f"{file}: pixels are {width} bytes per image but the metadata says "
+            f"{shape[0]}x{shape[1]}x{shape[2]} = {int(np.prod(shape))}"
+        )
     for col in ("id", "label", "pixels"):
         if table.column(col).null_count:
             raise DataError(f"{file}: column '{col}' has {table.column(col).null_count} null values")
@@ -348,8 +403,10 @@ def open_arrow_dataset(path: str | os.PathLike, checksum: bool = True) -> ArrowD
         bad = np.flatnonzero((lab < 0) | (lab >= len(class_names)))
         if bad.size:
             row = int(bad[0])
-            raise DataError(f"{file}: row {row} (id {table.column('id')[row].as_py()}): label {lab[row]} is outside "
-                            f"the {len(class_names)} classes [0, {len(class_names)}) ({bad.size} such rows)")
+            raise DataError(
+                f"{file}: row {row} (id {table.column('id')[row].as_py()}): label {lab[row]} is outside "
+                f"the {len(class_names)} classes [0, {len(class_names)}) ({bad.size} such rows)"
+            )
         for chunk in table.column("pixels").chunks:
             if len(chunk):
                 views.append(pixel_view(chunk, shape))
@@ -364,7 +421,9 @@ def open_arrow_dataset(path: str | os.PathLike, checksum: bool = True) -> ArrowD
     uniq, counts = np.unique(all_ids, return_counts=True)
     if len(uniq) != len(all_ids):
         raise DataError(f"{root}: image id {int(uniq[counts > 1][0])} occurs more than once; ids must be unique")
-    return ArrowDataset(root, shape, class_names, all_ids, np.concatenate(labels), ShardedPixels(views), manifest, tables)
+    return ArrowDataset(
+        root, shape, class_names, all_ids, np.concatenate(labels), ShardedPixels(views), manifest, tables
+    )
 
 
 def iter_chunks(labels: np.ndarray, pixels: np.ndarray, chunk: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:

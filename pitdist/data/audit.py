@@ -55,7 +55,7 @@ def read_logs(run_dir: str | Path) -> dict[int, dict[int, list[dict]]]:
         for line in path.read_text().splitlines():
             record = json.loads(line)
             steps[record["step"]].append(record)
-        out[int(path.stem[len("rank"):])] = steps
+        out[int(path.stem[len("rank") :])] = steps
     if not out:
         raise FileNotFoundError(f"{run_dir}: no data ledger (data/rank*.jsonl); was it a pitdist run?")
     return out

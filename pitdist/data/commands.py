@@ -24,14 +24,22 @@ Examples
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("data", help="convert image sources to pitdist Arrow shards; inspect them",
-                       description="pitdist's pixel dataset format: Arrow IPC shards (id, label, "
-                       "pixels = fixed_size_binary(H*W*C) uint8) with shape and class names in the schema "
-                       "metadata and a manifest of row counts and sha256 checksums.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "data",
+        help="convert image sources to pitdist Arrow shards; inspect them",
+        description="pitdist's pixel dataset format: Arrow IPC shards (id, label, "
+        "pixels = fixed_size_binary(H*W*C) uint8) with shape and class names in the schema "
+        "metadata and a manifest of row counts and sha256 checksums.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     subs = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    c = subs.add_parser("convert", help="write a source as a pitdist dataset directory", epilog=EPILOG,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    c = subs.add_parser(
+        "convert",
+        help="write a source as a pitdist dataset directory",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     c.add_argument("source", choices=["digits", "fashion-mnist", "idx", "imagefolder", "hf-disk"])
     c.add_argument("path", nargs="?", default=None, help="where the source is (see Sources)")
     c.add_argument("--out", required=True, help="dataset directory to create")
@@ -47,10 +55,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     i.add_argument("dataset", help="a directory written by `pitdist data convert`")
     i.add_argument("--grid", default=None, help="PNG file for a grid of the first images (default: none)")
     i.add_argument("--count", type=int, default=16, help="images in the grid (default 16)")
-    a = subs.add_parser("audit", help="check a run's data ledger: no image skipped or repeated",
-                        description="Read a finished run's data/rank*.jsonl (the ids each rank trained on per "
-                        "step) and check that SP ranks agreed, DP groups were disjoint, no image was trained "
-                        "twice in an epoch, and steps replayed after a restore took the same images.")
+    a = subs.add_parser(
+        "audit",
+        help="check a run's data ledger: no image skipped or repeated",
+        description="Read a finished run's data/rank*.jsonl (the ids each rank trained on per "
+        "step) and check that SP ranks agreed, DP groups were disjoint, no image was trained "
+        "twice in an epoch, and steps replayed after a restore took the same images.",
+    )
     a.add_argument("run", help="a run directory (runs/<name>-<time>-<pid>)")
     return p
 
@@ -66,8 +77,10 @@ def audit_run(run: str) -> int:
         raise FileNotFoundError(f"{run} has no config.json: not a finished pitdist run directory")
     config = json.loads(config_file.read_text())["parallel"]
     report = audit(run, config["dp"], config["sp"])
-    print(f"{run}: {report.steps} steps, {report.replayed_steps} replayed after a restore; distinct images "
-          "per epoch: " + ", ".join(f"{e}: {n}" for e, n in report.images_per_epoch.items()))
+    print(
+        f"{run}: {report.steps} steps, {report.replayed_steps} replayed after a restore; distinct images "
+        "per epoch: " + ", ".join(f"{e}: {n}" for e, n in report.images_per_epoch.items())
+    )
     for problem in report.problems:
         print(f"  problem: {problem}", file=sys.stderr)
     print("ok" if report.ok else f"{len(report.problems)} problems")
@@ -86,10 +99,13 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         if args.data_command == "convert":
             names = args.class_names.split(",") if args.class_names else None
             source = conv.make_source(args.source, args.path, args.split, args.image_column, args.label_column, names)
-            out = conv.convert(source, args.out, args.rows_per_shard, args.shard_mb, args.overwrite,
-                               progress=not args.no_progress)
-            print(f"wrote {out}: {source.num_rows} images of {'x'.join(map(str, source.shape))}, "
-                  f"{len(source.class_names)} classes, from {source.description}")
+            out = conv.convert(
+                source, args.out, args.rows_per_shard, args.shard_mb, args.overwrite, progress=not args.no_progress
+            )
+            print(
+                f"wrote {out}: {source.num_rows} images of {'x'.join(map(str, source.shape))}, "
+                f"{len(source.class_names)} classes, from {source.description}"
+            )
         elif args.data_command == "audit":
             return audit_run(args.run)
         else:

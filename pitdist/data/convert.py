@@ -8,17 +8,27 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
 from pitdist.data.arrow import DataError, DatasetWriter, iter_chunks, open_arrow_dataset
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                         "Bag", "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 SOURCES = ("digits", "fashion-mnist", "idx", "imagefolder", "hf-disk")
 CHUNK = 4096
 
@@ -62,7 +72,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 def _find_idx(directory: Path, split: str, kind: str) -> Path:
     stem = {"train": "train", "test": "t10k"}[split]
-    for name in (f"{stem}-{kind}-idx{3 if kind == 'images' else 1}-ubyte", f"{stem}-{kind}.idx{3 if kind == 'images' else 1}-ubyte"):
+    for name in (
+        f"{stem}-{kind}-idx{3 if kind == 'images' else 1}-ubyte",
+        f"{stem}-{kind}.idx{3 if kind == 'images' else 1}-ubyte",
+    ):
         for candidate in (directory / name, directory / f"{name}.gz"):
             if candidate.is_file():
                 return candidate
@@ -88,8 +101,13 @@ def idx_source(directory: str | os.PathLike, split: str, class_names: list[str] 
     pixels = np.concatenate(images)[..., None]
     labels_all = np.concatenate(labels).astype(np.int64)
     names = class_names or [str(i) for i in range(int(labels_all.max()) + 1)]
-    return Source(pixels.shape[1:], names, len(pixels), lambda: iter_chunks(labels_all, pixels, CHUNK),
-                  f"idx {directory} ({split})")
+    return Source(
+        pixels.shape[1:],
+        names,
+        len(pixels),
+        lambda: iter_chunks(labels_all, pixels, CHUNK),
+        f"idx {directory} ({split})",
+    )
 
 
 # --- scikit-learn digits --------------------------------------------------------------------------------
@@ -99,7 +117,9 @@ def digits_source() -> Source:
     from pitdist.data.digits import load_digits_dataset
 
     d = load_digits_dataset()
-    return Source(d.image_shape, d.class_names, len(d), lambda: iter_chunks(d.labels, d.pixels, CHUNK), "sklearn digits")
+    return Source(
+        d.image_shape, d.class_names, len(d), lambda: iter_chunks(d.labels, d.pixels, CHUNK), "sklearn digits"
+    )
 
 
 # --- Hugging Face datasets ------------------------------------------------------------------------------
@@ -123,14 +143,19 @@ def hf_source(ds, description: str, image_column: str | None, label_column: str 
     import datasets
 
     features = ds.features
-    image_column = image_column or next((k for k, f in features.items() if isinstance(f, datasets.Image)),
-                                        next((k for k in ("image", "img", "pixels") if k in features), None))
-    label_column = label_column or next((k for k, f in features.items() if isinstance(f, datasets.ClassLabel)),
-                                        next((k for k in ("label", "labels") if k in features), None))
+    image_column = image_column or next(
+        (k for k, f in features.items() if isinstance(f, datasets.Image)),
+        next((k for k in ("image", "img", "pixels") if k in features), None),
+    )
+    label_column = label_column or next(
+        (k for k, f in features.items() if isinstance(f, datasets.ClassLabel)),
+        next((k for k in ("label", "labels") if k in features), None),
+    )
     for what, col in (("image", image_column), ("label", label_column)):
         if col is None or col not in features:
-            raise DataError(f"{description}: no {what} column found (columns: {list(features)}); "
-                            f"name it with --{what}-column")
+            raise DataError(
+                f"{description}: no {what} column found (columns: {list(features)}); name it with --{what}-column"
+            )
     if len(ds) == 0:
         raise DataError(f"{description}: the dataset is empty (0 images)")
     label_feature = features[label_column]
@@ -139,7 +164,9 @@ def hf_source(ds, description: str, image_column: str | None, label_column: str 
     else:
         all_labels = np.asarray(ds.with_format("numpy")[label_column])
         if not np.issubdtype(all_labels.dtype, np.integer):
-            raise DataError(f"{description}: label column '{label_column}' is {all_labels.dtype}, not integer class ids")
+            raise DataError(
+                f"{description}: label column '{label_column}' is {all_labels.dtype}, not integer class ids"
+            )
         class_names = [str(i) for i in range(int(all_labels.max()) + 1)]
     is_image = isinstance(features[image_column], datasets.Image)
     if is_image:
@@ -163,8 +190,10 @@ def hf_source(ds, description: str, image_column: str | None, label_column: str 
                     img = _decode(cell, shape[2])
                     if img.shape != shape:
                         where = cell.get("path") or f"row {start + i}"
-                        raise DataError(f"{description}: image {where} is {img.shape[0]}x{img.shape[1]}x{img.shape[2]}, "
-                                        f"the first was {shape[0]}x{shape[1]}x{shape[2]}; all images must share one size")
+                        raise DataError(
+                            f"{description}: image {where} is {img.shape[0]}x{img.shape[1]}x{img.shape[2]}, "
+                            f"the first was {shape[0]}x{shape[1]}x{shape[2]}; all images must share one size"
+                        )
                     pixels[i] = img
             else:
                 values = np.asarray(batch[image_column]).reshape(len(labels), *shape)
@@ -181,7 +210,7 @@ def _probe_mode(cell) -> str:
 
     from PIL import Image
 
-    with (Image.open(io.BytesIO(cell["bytes"])) if cell.get("bytes") else Image.open(cell["path"])) as img:
+    with Image.open(io.BytesIO(cell["bytes"])) if cell.get("bytes") else Image.open(cell["path"]) as img:
         return img.mode
 
 
@@ -196,8 +225,9 @@ def imagefolder_source(directory: str | os.PathLike, split: str, image_column, l
 
     with tempfile.TemporaryDirectory() as cache:  # no trace left in ~/.cache; the table is kept in memory
         try:
-            ds = datasets.load_dataset("imagefolder", data_dir=str(directory), split=split, cache_dir=cache,
-                                       keep_in_memory=True)
+            ds = datasets.load_dataset(
+                "imagefolder", data_dir=str(directory), split=split, cache_dir=cache, keep_in_memory=True
+            )
         except (ValueError, FileNotFoundError) as exc:
             raise DataError(f"{directory}: cannot read as an image folder ({exc})") from None
     return hf_source(ds, f"imagefolder {directory}", image_column, label_column)
@@ -217,8 +247,14 @@ def hf_disk_source(directory: str | os.PathLike, split: str, image_column, label
     return hf_source(ds, f"hf-disk {directory}", image_column, label_column)
 
 
-def make_source(kind: str, path: str | None, split: str | None, image_column=None, label_column=None,
-                class_names: list[str] | None = None) -> Source:
+def make_source(
+    kind: str,
+    path: str | None,
+    split: str | None,
+    image_column=None,
+    label_column=None,
+    class_names: list[str] | None = None,
+) -> Source:
     if kind == "digits":
         return digits_source()
     if kind == "fashion-mnist":
@@ -234,20 +270,31 @@ def make_source(kind: str, path: str | None, split: str | None, image_column=Non
     raise DataError(f"unknown source '{kind}'; choose one of {', '.join(SOURCES)}")
 
 
-def convert(source: Source, out: str | os.PathLike, rows_per_shard: int | None = None, shard_mb: float = 256.0,
-            overwrite: bool = False, progress: bool = True) -> Path:
+def convert(
+    source: Source,
+    out: str | os.PathLike,
+    rows_per_shard: int | None = None,
+    shard_mb: float = 256.0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
     """Write ``source`` as a pitdist dataset at ``out`` (atomically: see DatasetWriter)."""
     from tqdm import tqdm
 
     image_bytes = int(np.prod(source.shape))
     rows = rows_per_shard or max(1, int(shard_mb * 2**20) // image_bytes)
     writer = DatasetWriter(out, source.shape, source.class_names, rows, source=source.description, overwrite=overwrite)
-    with writer, tqdm(total=source.num_rows, unit="img", desc=f"convert -> {Path(out).name}", disable=not progress) as bar:
+    with (
+        writer,
+        tqdm(total=source.num_rows, unit="img", desc=f"convert -> {Path(out).name}", disable=not progress) as bar,
+    ):
         for labels, pixels in source.chunks():
             bad = np.flatnonzero((labels < 0) | (labels >= len(source.class_names)))
             if bad.size:
-                raise DataError(f"{source.description}: image {writer.num_rows + int(bad[0])} has label {labels[bad[0]]}, "
-                                f"outside the {len(source.class_names)} classes")
+                raise DataError(
+                    f"{source.description}: image {writer.num_rows + int(bad[0])} has label {labels[bad[0]]}, "
+                    f"outside the {len(source.class_names)} classes"
+                )
             writer.write(labels, pixels)
             bar.update(len(labels))
         return writer.close()
@@ -260,20 +307,29 @@ def inspect(path: str | os.PathLike, grid: str | os.PathLike | None, count: int 
     """A text summary of a dataset (schema, counts, label histogram); writes a PNG grid of ``count`` images."""
     ds = open_arrow_dataset(path)
     h, w, c = ds.shape
-    lines = [f"dataset {ds.path}", f"  format {ds.manifest['format']} v{ds.manifest['format_version']}, "
-             f"{len(ds.ids)} images of {h}x{w}x{c} uint8, {len(ds.class_names)} classes, "
-             f"{len(ds.manifest['shards'])} shards (checksums verified)",
-             "  schema:"]
+    lines = [
+        f"dataset {ds.path}",
+        f"  format {ds.manifest['format']} v{ds.manifest['format_version']}, "
+        f"{len(ds.ids)} images of {h}x{w}x{c} uint8, {len(ds.class_names)} classes, "
+        f"{len(ds.manifest['shards'])} shards (checksums verified)",
+        "  schema:",
+    ]
     lines += [f"    {f.name}: {f.type}" for f in ds.tables[0].schema]
-    lines.append("  metadata: " + ", ".join(f"{k.decode()}={v.decode()[:60]}" for k, v in ds.tables[0].schema.metadata.items()))
+    lines.append(
+        "  metadata: " + ", ".join(f"{k.decode()}={v.decode()[:60]}" for k, v in ds.tables[0].schema.metadata.items())
+    )
     lines.append("  shards:")
-    lines += [f"    {s['file']}: {s['rows']} rows, {s['bytes']} bytes, sha256 {s['sha256'][:16]}..."
-              for s in ds.manifest["shards"]]
+    lines += [
+        f"    {s['file']}: {s['rows']} rows, {s['bytes']} bytes, sha256 {s['sha256'][:16]}..."
+        for s in ds.manifest["shards"]
+    ]
     hist = np.bincount(ds.labels, minlength=len(ds.class_names))
     lines.append("  labels:")
     width = max(len(n) for n in ds.class_names)
-    lines += [f"    {i:3d} {name:<{width}} {n:8d} {'#' * int(round(40 * n / max(hist.max(), 1)))}"
-              for i, (name, n) in enumerate(zip(ds.class_names, hist))]
+    lines += [
+        f"    {i:3d} {name:<{width}} {n:8d} {'#' * int(round(40 * n / max(hist.max(), 1)))}"
+        for i, (name, n) in enumerate(zip(ds.class_names, hist))
+    ]
     lines.append(f"  ids {int(ds.ids.min())}..{int(ds.ids.max())}")
     if grid:
         _write_grid(ds, Path(grid), count)
@@ -296,7 +352,9 @@ def _write_grid(ds, out: Path, count: int) -> None:
         ax.axis("off")
         if i < count:
             img = images[i]
-            ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None, vmin=0, vmax=255)
+            ax.imshow(
+                img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None, vmin=0, vmax=255
+            )
             ax.set_title(f"{ds.ids[i]}: {ds.class_names[ds.labels[i]]}"[:18], fontsize=7)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

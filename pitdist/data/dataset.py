@@ -28,12 +28,12 @@ class PixelDataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def subset(self, index: np.ndarray) -> "PixelDataset":
+    def subset(self, index: np.ndarray) -> PixelDataset:
         # Memory-mapped pixels (pitdist.data.arrow.ShardedPixels) select rows without copying them.
         pixels = self.pixels.select(index) if hasattr(self.pixels, "select") else self.pixels[index]
         return PixelDataset(self.ids[index], self.labels[index], pixels, self.class_names, self.name)
 
-    def split(self, val_fraction: float, seed: int) -> tuple["PixelDataset", "PixelDataset"]:
+    def split(self, val_fraction: float, seed: int) -> tuple[PixelDataset, PixelDataset]:
         """Deterministic train/validation split (independent of the training shuffle)."""
         order = np.random.default_rng(seed).permutation(len(self))
         n_val = max(1, int(round(len(self) * val_fraction)))
@@ -48,8 +48,9 @@ def synthetic_dataset(spec: str) -> PixelDataset:
         h, w, c = (int(v) for v in shape.split("x"))
         count = int(rest[0]) if rest else 512
     except ValueError:
-        raise ConfigError(f"data.dataset = {spec!r}: write synthetic:HxWxC or synthetic:HxWxC:COUNT, "
-                         "e.g. synthetic:28x28x1:1000") from None
+        raise ConfigError(
+            f"data.dataset = {spec!r}: write synthetic:HxWxC or synthetic:HxWxC:COUNT, e.g. synthetic:28x28x1:1000"
+        ) from None
     if min(h, w, c, count) < 1:
         raise ConfigError(f"data.dataset = {spec!r}: sizes and count must be >= 1")
     rng = np.random.default_rng(0)

@@ -15,13 +15,20 @@ workers and pitdist.train.batches.StreamedBatches gathers each SP group's share.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from pitdist.data.arrow import arrow_schema, is_arrow_dataset, open_arrow_dataset, open_shard, pixel_batch, table_to_numpy
+from pitdist.data.arrow import (
+    arrow_schema,
+    is_arrow_dataset,
+    open_arrow_dataset,
+    open_shard,
+    pixel_batch,
+    table_to_numpy,
+)
 from pitdist.data.dataset import PixelDataset
 
 
@@ -63,18 +70,21 @@ def training_rows(train: PixelDataset, source: str):
     context.enable_progress_bars = context.print_on_execution_start = False
     if is_arrow_dataset(source):
         rows, _, _ = ray_dataset(source)
-        rows = rows.map_batches(_keep_ids, fn_kwargs={"ids": pa.array(train.ids)}, batch_format="pyarrow",
-                                zero_copy_batch=True)
+        rows = rows.map_batches(
+            _keep_ids, fn_kwargs={"ids": pa.array(train.ids)}, batch_format="pyarrow", zero_copy_batch=True
+        )
     else:
         ray.data.DataContext.get_current().execution_options.preserve_order = True
         schema = arrow_schema(train.image_shape, train.class_names, source)
-        rows = ray.data.from_arrow(pa.Table.from_batches(
-            [pixel_batch(train.ids, train.labels, np.asarray(train.pixels), schema)]))
+        rows = ray.data.from_arrow(
+            pa.Table.from_batches([pixel_batch(train.ids, train.labels, np.asarray(train.pixels), schema)])
+        )
     return rows, len(train)
 
 
-def iter_pixel_batches(source, shape: tuple[int, int, int], batch_size: int, **iter_kwargs
-                       ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def iter_pixel_batches(
+    source, shape: tuple[int, int, int], batch_size: int, **iter_kwargs
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(pixels uint8 [b, H, W, C], ids int64 [b], labels int64 [b]) from a ray.data Dataset or DataIterator."""
     for batch in source.iter_batches(batch_size=batch_size, batch_format="pyarrow", **iter_kwargs):
         yield table_to_numpy(batch, shape)

@@ -19,8 +19,10 @@ def load_dataset(name: str) -> PixelDataset:
         # A directory written by `pitdist data convert`: validated, pixels memory-mapped (DataError if bad).
         ds = open_arrow_dataset(name)
         return PixelDataset(ds.ids, ds.labels, ds.pixels, ds.class_names, str(ds.path))  # type: ignore[arg-type]
-    raise ConfigError(f"data.dataset = {name!r}: use 'digits', synthetic:HxWxC[:COUNT] or a directory written by "
-                      "`pitdist data convert`")
+    raise ConfigError(
+        f"data.dataset = {name!r}: use 'digits', synthetic:HxWxC[:COUNT] or a directory written by "
+        "`pitdist data convert`"
+    )
 
 
 def split_dataset(cfg: JobConfig) -> tuple[PixelDataset, PixelDataset]:

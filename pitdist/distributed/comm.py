@@ -66,8 +66,15 @@ def bind_gloo_to_loopback() -> None:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
 
 
-def init_process_group(rank: int, world_size: int, backend: str, master_addr: str, master_port: int,
-                       local_rank: int | None = None, timeout_s: float = 600.0) -> None:
+def init_process_group(
+    rank: int,
+    world_size: int,
+    backend: str,
+    master_addr: str,
+    master_port: int,
+    local_rank: int | None = None,
+    timeout_s: float = 600.0,
+) -> None:
     """Join the default process group through deepspeed.comm."""
     use_interpreter_tools()
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if backend == "nccl" else "cpu")

@@ -52,10 +52,12 @@ class Mesh:
         self.ulysses_group = self.sp_group if dims.ring == 1 else None
         self.ring_group = self.sp_group if dims.ulysses == 1 else None
         if dims.ulysses > 1 and dims.ring > 1:
-            self.ulysses_group = self._own([grid[i, j] for i in range(dims.dp) for j in range(dims.ring)],
-                                           d * dims.ring + r)
-            self.ring_group = self._own([grid[i, :, j] for i in range(dims.dp) for j in range(dims.ulysses)],
-                                        d * dims.ulysses + u)
+            self.ulysses_group = self._own(
+                [grid[i, j] for i in range(dims.dp) for j in range(dims.ring)], d * dims.ring + r
+            )
+            self.ring_group = self._own(
+                [grid[i, :, j] for i in range(dims.dp) for j in range(dims.ulysses)], d * dims.ulysses + u
+            )
         self.pe_dp_group = self._own(dp_lines, self.sp_rank) if dims.sp > 1 else None
         self.sp_ranks = grid[d].flatten().tolist()
         self.dp_ranks = grid[:, r, u].tolist()
@@ -69,8 +71,14 @@ class Mesh:
     def named_groups(self) -> list[tuple[str, object]]:
         """(ledger name, group) for every group this rank is in. Hybrid subgroups come first: where one
         of them is the whole SP group, the later name "sp" wins."""
-        named = [("ulysses", self.ulysses_group), ("ring", self.ring_group), ("sp", self.sp_group),
-                 ("dp", self.dp_group), ("sdp", self.sdp_group), ("pe_dp", self.pe_dp_group)]
+        named = [
+            ("ulysses", self.ulysses_group),
+            ("ring", self.ring_group),
+            ("sp", self.sp_group),
+            ("dp", self.dp_group),
+            ("sdp", self.sdp_group),
+            ("pe_dp", self.pe_dp_group),
+        ]
         return [(name, group) for name, group in named if group is not None]
 
     @property

@@ -23,8 +23,8 @@ from pitdist.distributed import comm, sharded_pe
 from pitdist.distributed.mesh import Mesh
 from pitdist.distributed.ring_attention import RingAttention
 from pitdist.models.pit import PiT
-from pitdist.observe.categories import Category
 from pitdist.models.pos_embed import LearnedPosEmbed
+from pitdist.observe.categories import Category
 
 
 class UlyssesAttention(nn.Module):
@@ -91,7 +91,9 @@ def consolidated_state_dict(model: PiT, mesh: Mesh) -> dict[str, torch.Tensor]:
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("pos_embed.")}
     pos = model.pos_embed
     if isinstance(pos, sharded_pe.ShardedLearnedPosEmbed):
-        state["pos_embed.weight"] = comm.all_gather_cat(pos.weight.detach(), mesh.sp_group, category=Category.CHECKPOINT).cpu()
+        state["pos_embed.weight"] = comm.all_gather_cat(
+            pos.weight.detach(), mesh.sp_group, category=Category.CHECKPOINT
+        ).cpu()
     elif isinstance(pos, LearnedPosEmbed):
         state["pos_embed.weight"] = pos.weight.detach().cpu().clone()
     return state

@@ -46,12 +46,14 @@ def attend_block(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[tor
     return attend_block_math(q, k, v)
 
 
-def attend_block_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def attend_block_backward(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) of one block, given the FINAL output and log-sum-exp over all blocks."""
     if q.device.type == "cpu":
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            grad_out, q, k, v, out, lse, 0.0, False)
+            grad_out, q, k, v, out, lse, 0.0, False
+        )
     return attend_block_backward_math(grad_out, q, k, v, out, lse)
 
 

@@ -64,10 +64,9 @@ def use_embedded_cluster_env(run_dir: Path) -> None:
     The Ray Data logging config is written into the run directory, where it records how Ray Data logged.
     """
     import yaml  # Ray's dependency, and what Ray Data reads the file with
+    from ray._private.authentication import authentication_token_setup
 
     from pitdist.distributed.comm import bind_gloo_to_loopback
-
-    from ray._private.authentication import authentication_token_setup
 
     auth_logger = logging.getLogger(authentication_token_setup.__name__)
     if not any(isinstance(f, HideAuthEnabledNotice) for f in auth_logger.filters):

@@ -31,8 +31,8 @@ def train_loop_per_worker(config: dict) -> None:
     from pitdist.config import config_from_dict
     from pitdist.distributed import comm
     from pitdist.distributed.mesh import Mesh
-    from pitdist.parallel_dims import ParallelDims
     from pitdist.launch.local import quiet_deepspeed, threads_per_rank
+    from pitdist.parallel_dims import ParallelDims
     from pitdist.train.checkpoint import RayCheckpoints
     from pitdist.train.engine import resolve_device
     from pitdist.train.trainer import train
@@ -47,8 +47,14 @@ def train_loop_per_worker(config: dict) -> None:
     mesh = Mesh(ParallelDims.from_config(cfg.parallel))
     record_worker(run_dir, mesh.rank)
     stream = (ray.train.get_dataset_shard("train"), config["train_rows"]) if "train_rows" in config else None
-    result = train(cfg, mesh, resolve_device(cfg.train.device, context.get_local_rank()), run_dir,
-                   checkpoints=RayCheckpoints(cfg, run_dir), data_stream=stream)
+    result = train(
+        cfg,
+        mesh,
+        resolve_device(cfg.train.device, context.get_local_rank()),
+        run_dir,
+        checkpoints=RayCheckpoints(cfg, run_dir),
+        data_stream=stream,
+    )
     ray.train.report({"final_loss": result.losses[-1], "steps": result.steps})
 
 
@@ -68,8 +74,7 @@ def record_worker(run_dir: Path, rank: int) -> None:
     """workers/rank<r>.json: where each rank runs (host, PID), rewritten when Ray restarts it."""
     path = run_dir / "workers"
     path.mkdir(exist_ok=True)
-    (path / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "host": socket.gethostname(),
-                                                       "pid": os.getpid()}))
+    (path / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}))
 
 
 def init_ray(cfg: JobConfig, run_dir: Path) -> None:
@@ -88,8 +93,12 @@ def init_ray(cfg: JobConfig, run_dir: Path) -> None:
         # second without it), and a Ray user expects to watch the run there.
         world = cfg.parallel.world_size
         use_embedded_cluster_env(run_dir)
-        ray.init(num_cpus=max(os.cpu_count() or 1, world + 1), include_dashboard=True, dashboard_host="127.0.0.1",
-                 _node_ip_address="127.0.0.1")
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, world + 1),
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            _node_ip_address="127.0.0.1",
+        )
 
 
 def launch_ray(cfg: JobConfig, run_dir: Path) -> RunResult:
@@ -97,8 +106,8 @@ def launch_ray(cfg: JobConfig, run_dir: Path) -> RunResult:
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pitdist.distributed.comm import pick_backend
     from pitdist.data.registry import split_dataset
+    from pitdist.distributed.comm import pick_backend
 
     world = cfg.parallel.world_size
     init_ray(cfg, run_dir)
@@ -107,8 +116,10 @@ def launch_ray(cfg: JobConfig, run_dir: Path) -> RunResult:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         if cfg.train.device == "cuda" and gpus < world:
             # Ray would wait forever for GPUs that are not there.
-            raise ConfigError(f"train.device = 'cuda' needs {world} GPUs (one per rank) but the Ray cluster has "
-                              f"{gpus}; use --train.device cpu or a cluster with GPU workers")
+            raise ConfigError(
+                f"train.device = 'cuda' needs {world} GPUs (one per rank) but the Ray cluster has "
+                f"{gpus}; use --train.device cpu or a cluster with GPU workers"
+            )
         use_gpu = cfg.train.device == "cuda" or (cfg.train.device == "auto" and gpus >= world)
         loop_config = {"cfg": cfg.to_dict(), "run_dir": str(run_dir.absolute())}
         datasets = {}
@@ -123,18 +134,22 @@ def launch_ray(cfg: JobConfig, run_dir: Path) -> RunResult:
             datasets=datasets,
             scaling_config=ScalingConfig(num_workers=world, use_gpu=use_gpu),
             torch_config=TorchConfig(backend=pick_backend(cfg.parallel.backend) if not use_gpu else "nccl"),
-            run_config=RunConfig(name=run_dir.name, storage_path=storage,
-                                 failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints or None),
-                                 # Ray Train's INFO lines (every report, every worker) would drown pitdist's.
-                                 logging_config=LoggingConfig(log_level="WARNING")),
+            run_config=RunConfig(
+                name=run_dir.name,
+                storage_path=storage,
+                failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints or None),
+                # Ray Train's INFO lines (every report, every worker) would drown pitdist's.
+                logging_config=LoggingConfig(log_level="WARNING"),
+            ),
         )
         try:
             trainer.fit()
         except ray.train.TrainingFailedError as exc:
             # The worker's traceback is in the error; Ray has already retried train.max_failures times.
-            raise LaunchError(f"Ray Train gave up after train.max_failures = {cfg.train.max_failures} "
-                              f"restarts:\n{exc}") from None
+            raise LaunchError(
+                f"Ray Train gave up after train.max_failures = {cfg.train.max_failures} restarts:\n{exc}"
+            ) from None
     finally:
         ray.shutdown()
     return RunResult(**json.loads((run_dir / "result.json").read_text()))

@@ -57,11 +57,17 @@ SUBMIT_EPILOG = textwrap.dedent(
 
 
 def _add_connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default=None,
-                   help="the head's dashboard / job API URL (default: $RAY_API_SERVER_ADDRESS, "
-                   f"$RAY_ADDRESS, else {DEFAULT_ADDRESS})")
-    p.add_argument("--token-file", default=None,
-                   help="the cluster's auth token file (else RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN, ~/.ray/auth_token)")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="the head's dashboard / job API URL (default: $RAY_API_SERVER_ADDRESS, "
+        f"$RAY_ADDRESS, else {DEFAULT_ADDRESS})",
+    )
+    p.add_argument(
+        "--token-file",
+        default=None,
+        help="the cluster's auth token file (else RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN, ~/.ray/auth_token)",
+    )
 
 
 def add_submit_parser(sub) -> argparse.ArgumentParser:
@@ -75,13 +81,18 @@ def add_submit_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("job", help="job TOML file inside the working directory, e.g. jobs/digits.toml")
     _add_connection_args(p)
-    p.add_argument("--follow", action="store_true",
-                   help="stream the job's logs until it ends; exit 0 only if it SUCCEEDED")
+    p.add_argument(
+        "--follow", action="store_true", help="stream the job's logs until it ends; exit 0 only if it SUCCEEDED"
+    )
     p.add_argument("--no-validate", action="store_true", help="submit without checking the job here first")
     p.add_argument("--working-dir", default=".", help="directory uploaded as the job's working_dir (default .)")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="environment variable for the job's driver and workers (repeatable), "
-                   "e.g. --env DS_ACCELERATOR=cpu")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment variable for the job's driver and workers (repeatable), e.g. --env DS_ACCELERATOR=cpu",
+    )
     p.add_argument("--submission-id", default=None, help="job ID to use (default: Ray picks raysubmit_...)")
     p.add_argument("--dp", type=int, help="data-parallel groups Q (--parallel.dp)")
     p.add_argument("--sp", type=int, help="sequence-parallel ranks P (--parallel.sp)")
@@ -101,10 +112,11 @@ def add_job_parser(sub) -> argparse.ArgumentParser:
     )
     subs = p.add_subparsers(dest="job_command", required=True, metavar="ACTION")
     _add_connection_args(subs.add_parser("list", help="every job of the cluster with its status"))
-    for name, text in [("status", "a job's status and message (exit 0 SUCCEEDED, 1 FAILED/STOPPED, "
-                        "3 still running)"),
-                       ("logs", "a job's logs so far (--follow: until it ends)"),
-                       ("stop", "ask a running job to stop")]:
+    for name, text in [
+        ("status", "a job's status and message (exit 0 SUCCEEDED, 1 FAILED/STOPPED, 3 still running)"),
+        ("logs", "a job's logs so far (--follow: until it ends)"),
+        ("stop", "ask a running job to stop"),
+    ]:
         q = subs.add_parser(name, help=text)
         q.add_argument("job_id", help="submission ID (raysubmit_...) as printed by `pitdist submit`")
         _add_connection_args(q)
@@ -117,8 +129,9 @@ def add_job_parser(sub) -> argparse.ArgumentParser:
 
 
 def _address(args: argparse.Namespace) -> str:
-    address = (args.address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
-               or DEFAULT_ADDRESS).rstrip("/")
+    address = (
+        args.address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
+    ).rstrip("/")
     if "://" not in address:  # "head:8265" is the dashboard here, never a GCS address
         address = "http://" + address
     return address
@@ -136,9 +149,11 @@ def connect(args: argparse.Namespace):
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), 5).close()
     except OSError as exc:
-        raise ClusterError(f"cannot reach the Ray cluster at {address} ({exc}); check that the head is "
-                           "running, that this is its dashboard port (ray start --dashboard-port, 8265 by "
-                           "default) and that --dashboard-host lets this machine in") from None
+        raise ClusterError(
+            f"cannot reach the Ray cluster at {address} ({exc}); check that the head is "
+            "running, that this is its dashboard port (ray start --dashboard-port, 8265 by "
+            "default) and that --dashboard-host lets this machine in"
+        ) from None
     if args.token_file:
         token = Path(args.token_file).expanduser().absolute()
         if not token.is_file():
@@ -158,9 +173,11 @@ def _call(address: str, fn, *a, **kw):
     try:
         return fn(*a, **kw)
     except AuthenticationError as exc:
-        raise ClusterError(f"the Ray cluster at {address} refused the request: {str(exc).splitlines()[0]} "
-                           "Give this command the cluster's token: --token-file PATH, RAY_AUTH_TOKEN_PATH=PATH "
-                           "or RAY_AUTH_TOKEN=... (the token the head was started with).") from None
+        raise ClusterError(
+            f"the Ray cluster at {address} refused the request: {str(exc).splitlines()[0]} "
+            "Give this command the cluster's token: --token-file PATH, RAY_AUTH_TOKEN_PATH=PATH "
+            "or RAY_AUTH_TOKEN=... (the token the head was started with)."
+        ) from None
     except (ConnectionError, RuntimeError) as exc:
         raise ClusterError(f"Ray cluster at {address}: {exc}") from None
 
@@ -177,8 +194,10 @@ def build_submission(args: argparse.Namespace, overrides: list[str]) -> tuple[st
     if not job.is_file():
         raise ConfigError(f"job file {args.job} does not exist (job files live in jobs/)")
     if not job.is_relative_to(working_dir):
-        raise ConfigError(f"job file {args.job} is outside the working directory {working_dir} that travels "
-                          "with the job; run from the repository root or pass --working-dir")
+        raise ConfigError(
+            f"job file {args.job} is outside the working directory {working_dir} that travels "
+            "with the job; run from the repository root or pass --working-dir"
+        )
     env_vars = {}
     for item in args.env:
         key, eq, value = item.partition("=")
@@ -188,8 +207,19 @@ def build_submission(args: argparse.Namespace, overrides: list[str]) -> tuple[st
     for attr, key in {"dp": "parallel.dp", "sp": "parallel.sp", "zero": "parallel.zero_stage"}.items():
         if getattr(args, attr) is not None:
             overrides = overrides + [f"--{key}", str(getattr(args, attr))]
-    entrypoint = shlex.join(["pitdist", "train", "--config", job.relative_to(working_dir).as_posix(),
-                             "--launcher", "ray", "--address", "auto", *overrides])
+    entrypoint = shlex.join(
+        [
+            "pitdist",
+            "train",
+            "--config",
+            job.relative_to(working_dir).as_posix(),
+            "--launcher",
+            "ray",
+            "--address",
+            "auto",
+            *overrides,
+        ]
+    )
     runtime_env = {"working_dir": str(working_dir), "excludes": EXCLUDES}
     if env_vars:
         runtime_env["env_vars"] = env_vars
@@ -213,18 +243,29 @@ def submit_main(args: argparse.Namespace, overrides: list[str]) -> int:
         if not args.no_validate:
             validate_locally(args.job, overrides)
     except (ConfigError, MeshError) as exc:
-        print(f"pitdist submit: error: {exc}\npitdist submit: nothing was submitted (the job was checked "
-              "here; --no-validate skips the check, e.g. when the dataset exists only on the cluster)",
-              file=sys.stderr)
+        print(
+            f"pitdist submit: error: {exc}\npitdist submit: nothing was submitted (the job was checked "
+            "here; --no-validate skips the check, e.g. when the dataset exists only on the cluster)",
+            file=sys.stderr,
+        )
         return 2
     try:
         client = connect(args)
         address = _address(args)
-        job_id = _call(address, client.submit_job, entrypoint=entrypoint, runtime_env=runtime_env,
-                       submission_id=args.submission_id, metadata={"pitdist_job": args.job})
-        print(f"pitdist submit: submitted job {job_id} to {address}\n  entrypoint: {entrypoint}\n"
-              f"  follow: pitdist job logs {job_id} --follow --address {address}\n"
-              f"  stop:   pitdist job stop {job_id} --address {address}", flush=True)
+        job_id = _call(
+            address,
+            client.submit_job,
+            entrypoint=entrypoint,
+            runtime_env=runtime_env,
+            submission_id=args.submission_id,
+            metadata={"pitdist_job": args.job},
+        )
+        print(
+            f"pitdist submit: submitted job {job_id} to {address}\n  entrypoint: {entrypoint}\n"
+            f"  follow: pitdist job logs {job_id} --follow --address {address}\n"
+            f"  stop:   pitdist job stop {job_id} --address {address}",
+            flush=True,
+        )
         return _follow(client, address, job_id) if args.follow else 0
     except ClusterError as exc:
         print(f"pitdist submit: error: {exc}", file=sys.stderr)
@@ -233,6 +274,7 @@ def submit_main(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def _follow(client, address: str, job_id: str) -> int:
     """Stream logs until the job ends; exit status 0 SUCCEEDED, 1 otherwise."""
+
     async def tail():
         async for lines in client.tail_job_logs(job_id):
             print(lines, end="", flush=True)
@@ -240,8 +282,10 @@ def _follow(client, address: str, job_id: str) -> int:
     try:
         _call(address, asyncio.run, tail())
     except KeyboardInterrupt:
-        print(f"\npitdist: stopped following; job {job_id} keeps running "
-              f"(pitdist job stop {job_id} --address {address})", file=sys.stderr)
+        print(
+            f"\npitdist: stopped following; job {job_id} keeps running (pitdist job stop {job_id} --address {address})",
+            file=sys.stderr,
+        )
         return 130
     info = _call(address, client.get_job_info, job_id)
     while not info.status.is_terminal():  # the log stream can close a moment before the status flips
@@ -256,8 +300,7 @@ def _follow(client, address: str, job_id: str) -> int:
 
 def job_main(args: argparse.Namespace, overrides: list[str]) -> int:
     if overrides:
-        print(f"pitdist job {args.job_command}: error: unrecognized arguments: {' '.join(overrides)}",
-              file=sys.stderr)
+        print(f"pitdist job {args.job_command}: error: unrecognized arguments: {' '.join(overrides)}", file=sys.stderr)
         return 2
     try:
         client = connect(args)

@@ -6,8 +6,14 @@ import time
 from pathlib import Path
 
 from pitdist.config import JobConfig, load_config
-from pitdist.report.comm_report import (crosscheck_table, crosscheck_verdict, format_blocks, load_run, summarize,
-                                        write_outputs)
+from pitdist.report.comm_report import (
+    crosscheck_table,
+    crosscheck_verdict,
+    format_blocks,
+    load_run,
+    summarize,
+    write_outputs,
+)
 
 VARIANTS = {
     "none": ["--model.pos_embed", "none", "--model.shard_pos_embed", "false"],
@@ -17,18 +23,41 @@ VARIANTS = {
 }
 
 
-def variant_config(config: str | None, overrides: list[str], variant: str, dp: int, sp: int, steps: int,
-                   out_dir: Path, ring: int = 1) -> JobConfig:
+def variant_config(
+    config: str | None, overrides: list[str], variant: str, dp: int, sp: int, steps: int, out_dir: Path, ring: int = 1
+) -> JobConfig:
     """``ring`` > 1: the SP ranks run ring attention over ``ring`` of them (Ulysses over sp / ring)."""
     launcher = "single" if dp * sp == 1 else "local"
     mesh = f"q{dp}p{sp}" + (f"r{ring}" if ring > 1 else "")
-    return load_config(config, [
-        *overrides, *VARIANTS[variant], "--parallel.dp", str(dp), "--parallel.sp", str(sp),
-        "--parallel.ring", str(ring), "--parallel.ulysses", str(sp // ring if sp % ring == 0 else 0),
-        "--parallel.launcher", launcher, "--train.steps", str(steps), "--metrics.crosscheck", "true",
-        "--train.output_dir", str(out_dir / "runs"), "--name", f"comm-{variant}-{mesh}",
-        "--train.log_every", str(steps), "--train.evaluate", "false",
-    ])
+    return load_config(
+        config,
+        [
+            *overrides,
+            *VARIANTS[variant],
+            "--parallel.dp",
+            str(dp),
+            "--parallel.sp",
+            str(sp),
+            "--parallel.ring",
+            str(ring),
+            "--parallel.ulysses",
+            str(sp // ring if sp % ring == 0 else 0),
+            "--parallel.launcher",
+            launcher,
+            "--train.steps",
+            str(steps),
+            "--metrics.crosscheck",
+            "true",
+            "--train.output_dir",
+            str(out_dir / "runs"),
+            "--name",
+            f"comm-{variant}-{mesh}",
+            "--train.log_every",
+            str(steps),
+            "--train.evaluate",
+            "false",
+        ],
+    )
 
 
 def run_sweep(configs: list[JobConfig], progress=print) -> list[str]:

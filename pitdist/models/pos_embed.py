@@ -84,4 +84,3 @@ def build_pos_embed(kind: str, grid: tuple[int, int], dim: int) -> nn.Module:
     if kind == "learned":
         return LearnedPosEmbed(grid[0] * grid[1], dim)
     raise ValueError(f"unknown position embedding {kind!r}; choose none, sincos or learned")
-

@@ -54,9 +54,17 @@ STEP_PHASES = (Phase.DATA, Phase.FORWARD, Phase.BACKWARD, Phase.OPTIMIZER, Phase
 LAYER_CATEGORIES = (Category.ATTENTION_A2A, Category.ATTENTION_RING)
 
 # The order of a report's rows: per-layer traffic first, then per-step, then the rest.
-REPORT_ORDER = (Category.ATTENTION_A2A, Category.ATTENTION_RING, Category.POOLING, Category.GRAD_REDUCE,
-                Category.PE_GRAD_REDUCE, Category.ZERO_PARAM_GATHER, Category.GRAD_NORM, Category.METRICS,
-                Category.DATA)
+REPORT_ORDER = (
+    Category.ATTENTION_A2A,
+    Category.ATTENTION_RING,
+    Category.POOLING,
+    Category.GRAD_REDUCE,
+    Category.PE_GRAD_REDUCE,
+    Category.ZERO_PARAM_GATHER,
+    Category.GRAD_NORM,
+    Category.METRICS,
+    Category.DATA,
+)
 
 
 @dataclass

@@ -38,8 +38,6 @@ _C10D_OPS = {
 }
 
 
-
-
 class C10dCounter(TorchDispatchMode):
     """Counts c10d collectives at the dispatcher: {op: [count, handed bytes]}."""
 

@@ -26,7 +26,9 @@ from pitdist.config import ModelConfig
 def flops_per_token(cfg: ModelConfig, num_tokens: int, channels: int, num_classes: int) -> float:
     d = cfg.width
     hidden = int(d * cfg.mlp_ratio)
-    weights = cfg.patch_size**2 * channels * d + cfg.num_layers * (4 * d * d + 2 * d * hidden) + d * num_classes / num_tokens
+    weights = (
+        cfg.patch_size**2 * channels * d + cfg.num_layers * (4 * d * d + 2 * d * hidden) + d * num_classes / num_tokens
+    )
     return 6.0 * weights + 12.0 * cfg.num_layers * num_tokens * d
 
 

@@ -29,7 +29,8 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -95,8 +96,13 @@ def _classify(op: str, phase: str, handed: int, group: str) -> Category:
         return Category.ATTENTION_A2A  # only the Ulysses layer issues all-to-alls
     if phase == Phase.INIT:
         return Category.INIT_BROADCAST if op == "broadcast" else Category.INIT
-    if phase == Phase.BACKWARD and op in ("all_reduce", "all_reduce_coalesced", "reduce", "reduce_scatter_tensor",
-                                          "reduce_scatter"):
+    if phase == Phase.BACKWARD and op in (
+        "all_reduce",
+        "all_reduce_coalesced",
+        "reduce",
+        "reduce_scatter_tensor",
+        "reduce_scatter",
+    ):
         return Category.GRAD_REDUCE
     if phase == Phase.OPTIMIZER:
         if op.startswith("all_gather"):
@@ -202,7 +208,7 @@ class CommLedger:
         recorded.__wrapped__ = method
         return recorded
 
-    def install(self) -> "CommLedger":
+    def install(self) -> CommLedger:
         """Start recording every deepspeed.comm call of this process."""
         import deepspeed.comm.comm as ds_comm
 
@@ -233,9 +239,21 @@ class CommLedger:
     def rows(self) -> list[dict]:
         out = []
         for (step, phase, category, op, group, layer), t in sorted(self.records.items(), key=lambda kv: str(kv[0])):
-            out.append({"rank": self.rank, "step": step, "phase": phase, "category": category, "op": op,
-                        "group": group, "layer": layer, "count": t.count, "handed_bytes": t.handed,
-                        "sent_bytes": t.sent, "seconds": t.seconds})
+            out.append(
+                {
+                    "rank": self.rank,
+                    "step": step,
+                    "phase": phase,
+                    "category": category,
+                    "op": op,
+                    "group": group,
+                    "layer": layer,
+                    "count": t.count,
+                    "handed_bytes": t.handed,
+                    "sent_bytes": t.sent,
+                    "seconds": t.seconds,
+                }
+            )
         return out
 
 

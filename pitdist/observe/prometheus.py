@@ -128,21 +128,44 @@ class NoExporter:
 class PrometheusExporter:
     """One rank's /metrics endpoint. The training thread publishes; scrape threads read."""
 
-    def __init__(self, cfg: JobConfig, mesh, run: str, ledger, pe_fraction: float, *,
-                 tokens_per_image: int, image_flops: float, device: torch.device):
+    def __init__(
+        self,
+        cfg: JobConfig,
+        mesh,
+        run: str,
+        ledger,
+        pe_fraction: float,
+        *,
+        tokens_per_image: int,
+        image_flops: float,
+        device: torch.device,
+    ):
         m = cfg.metrics
         self.cfg, self.ledger, self.device = cfg, ledger, device
         self.rank = mesh.rank
         self.port = m.prometheus_port + mesh.rank
         if self.port > 65535:
-            raise ExporterError(f"metrics.prometheus_port: {m.prometheus_port} + rank {mesh.rank} = {self.port} is "
-                                f"not a TCP port; choose a base below {65536 - mesh.world_size}")
-        self.labels = (run, str(mesh.rank), str(mesh.dp_rank), str(mesh.sp_rank), pos_embed_label(cfg.model),
-                       model_label(cfg.model))
-        self.info = {"dp": str(mesh.dp), "sp": str(mesh.sp), "ring": str(getattr(cfg.parallel, "ring", 1) or 1),
-                     "zero_stage": str(cfg.parallel.zero_stage),
-                     "batch_size": str(cfg.train.batch_size), "tokens_per_image": str(tokens_per_image),
-                     "launcher": cfg.parallel.launcher}
+            raise ExporterError(
+                f"metrics.prometheus_port: {m.prometheus_port} + rank {mesh.rank} = {self.port} is "
+                f"not a TCP port; choose a base below {65536 - mesh.world_size}"
+            )
+        self.labels = (
+            run,
+            str(mesh.rank),
+            str(mesh.dp_rank),
+            str(mesh.sp_rank),
+            pos_embed_label(cfg.model),
+            model_label(cfg.model),
+        )
+        self.info = {
+            "dp": str(mesh.dp),
+            "sp": str(mesh.sp),
+            "ring": str(getattr(cfg.parallel, "ring", 1) or 1),
+            "zero_stage": str(cfg.parallel.zero_stage),
+            "batch_size": str(cfg.train.batch_size),
+            "tokens_per_image": str(tokens_per_image),
+            "launcher": cfg.parallel.launcher,
+        }
         self.group_images = cfg.train.batch_size // mesh.dp  # per step, for this rank's DP group
         self.rank_tokens = self.group_images * tokens_per_image // mesh.sp
         self.job_images, self.tokens_per_image = cfg.train.batch_size, tokens_per_image
@@ -185,8 +208,10 @@ class PrometheusExporter:
                         f"the port stayed in use for {BIND_RETRY_S:.0f} s. Rank r uses metrics.prometheus_port + r; "
                         f"choose a base whose next {self.world} ports are free (or stop what holds {self.port})"
                     ) from None
-                raise ExporterError(f"metrics.prometheus_host: cannot serve at {host}:{self.port} ({exc}); "
-                                    f"use 127.0.0.1, 0.0.0.0 or an address of this machine") from None
+                raise ExporterError(
+                    f"metrics.prometheus_host: cannot serve at {host}:{self.port} ({exc}); "
+                    f"use 127.0.0.1, 0.0.0.0 or an address of this machine"
+                ) from None
 
     def _write_target(self, sd_dir: str, run: str) -> Path:
         """A file_sd target list naming this rank's endpoint, written atomically."""
@@ -218,21 +243,35 @@ class PrometheusExporter:
             return metric
 
         yield one(CounterMetricFamily, "pitdist_steps_total", "training steps this process finished", totals["steps"])
-        yield one(CounterMetricFamily, "pitdist_step_seconds_total", "wall time of the finished steps",
-                  totals["step_seconds"])
-        yield one(CounterMetricFamily, "pitdist_data_wait_seconds_total", "time spent getting batches (within steps)",
-                  totals["data_wait_seconds"])
-        yield one(CounterMetricFamily, "pitdist_images_total", "images of this rank's DP group trained on",
-                  totals["images"])
+        yield one(
+            CounterMetricFamily, "pitdist_step_seconds_total", "wall time of the finished steps", totals["step_seconds"]
+        )
+        yield one(
+            CounterMetricFamily,
+            "pitdist_data_wait_seconds_total",
+            "time spent getting batches (within steps)",
+            totals["data_wait_seconds"],
+        )
+        yield one(
+            CounterMetricFamily, "pitdist_images_total", "images of this rank's DP group trained on", totals["images"]
+        )
         yield one(CounterMetricFamily, "pitdist_tokens_total", "tokens this rank trained on", totals["tokens"])
-        yield one(GaugeMetricFamily, "pitdist_replicated_pe_grad_fraction",
-                  "share of the engine's gradient elements that are a replicated learned PE table", self.pe_fraction)
-        docs = {"step": "last finished step (1-based)", "loss": "global mean training loss of the last step",
-                "step_seconds": "wall time of the last step", "data_wait_seconds": "batch wait of the last step",
-                "images_per_second": "job images/s from the last step's time",
-                "tokens_per_second": "job tokens/s from the last step's time",
-                "achieved_flops": "training FLOP/s per device (pitdist.observe.flops)",
-                "mfu": "achieved FLOP/s over the device's peak (metrics.peak_tflops)"}
+        yield one(
+            GaugeMetricFamily,
+            "pitdist_replicated_pe_grad_fraction",
+            "share of the engine's gradient elements that are a replicated learned PE table",
+            self.pe_fraction,
+        )
+        docs = {
+            "step": "last finished step (1-based)",
+            "loss": "global mean training loss of the last step",
+            "step_seconds": "wall time of the last step",
+            "data_wait_seconds": "batch wait of the last step",
+            "images_per_second": "job images/s from the last step's time",
+            "tokens_per_second": "job tokens/s from the last step's time",
+            "achieved_flops": "training FLOP/s per device (pitdist.observe.flops)",
+            "mfu": "achieved FLOP/s over the device's peak (metrics.peak_tflops)",
+        }
         for key, value in last.items():
             if key in docs:
                 yield one(GaugeMetricFamily, f"pitdist_{key}", docs[key], value)
@@ -243,14 +282,18 @@ class PrometheusExporter:
         yield memory
 
         names = [*labels, *COMM_LABELS]
-        families = [CounterMetricFamily("pitdist_comm_calls_total", "collectives issued (ledger)", labels=names),
-                    CounterMetricFamily("pitdist_comm_handed_bytes_total", "bytes handed to collectives (ledger)",
-                                        labels=names),
-                    CounterMetricFamily("pitdist_comm_sent_bytes_total",
-                                        "bytes that left this rank (ledger; algorithms in pitdist.observe.ledger)",
-                                        labels=names),
-                    CounterMetricFamily("pitdist_comm_seconds_total", "seconds inside collectives (ledger)",
-                                        labels=names)]
+        families = [
+            CounterMetricFamily("pitdist_comm_calls_total", "collectives issued (ledger)", labels=names),
+            CounterMetricFamily(
+                "pitdist_comm_handed_bytes_total", "bytes handed to collectives (ledger)", labels=names
+            ),
+            CounterMetricFamily(
+                "pitdist_comm_sent_bytes_total",
+                "bytes that left this rank (ledger; algorithms in pitdist.observe.ledger)",
+                labels=names,
+            ),
+            CounterMetricFamily("pitdist_comm_seconds_total", "seconds inside collectives (ledger)", labels=names),
+        ]
         for (phase, category, op), values in sorted(comm.items()):
             for family, value in zip(families, values):
                 family.add_metric([*self.labels, category, phase, op], value)
@@ -267,7 +310,9 @@ class PrometheusExporter:
             last["rss"] = psutil.Process().memory_info().rss
         except ImportError:
             pass
-        last["rss_peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        last["rss_peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (
+            1 if sys.platform == "darwin" else 1024
+        )
         if self.device.type == "cuda":
             last["cuda_allocated"] = torch.cuda.memory_allocated(self.device)
             last["cuda_max_allocated"] = torch.cuda.max_memory_allocated(self.device)
@@ -284,9 +329,15 @@ class PrometheusExporter:
         t["tokens"] += self.rank_tokens
         images_per_s = self.job_images / step_seconds
         achieved = images_per_s * self.image_flops / self.world
-        self._last = {"step": step + 1, "loss": loss, "step_seconds": step_seconds,
-                      "data_wait_seconds": data_wait_seconds, "images_per_second": images_per_s,
-                      "tokens_per_second": images_per_s * self.tokens_per_image, "achieved_flops": achieved}
+        self._last = {
+            "step": step + 1,
+            "loss": loss,
+            "step_seconds": step_seconds,
+            "data_wait_seconds": data_wait_seconds,
+            "images_per_second": images_per_s,
+            "tokens_per_second": images_per_s * self.tokens_per_image,
+            "achieved_flops": achieved,
+        }
         if self.peak:
             self._last["mfu"] = achieved / self.peak
         self.publish()
@@ -297,14 +348,20 @@ class PrometheusExporter:
         with self._scraped:
             scraped = self._scraped.wait_for(lambda: self._served >= version, timeout=linger)
         if linger and not scraped:
-            print(f"pitdist: rank {self.rank}: no scrape of {self.target} within metrics.prometheus_linger_s = "
-                  f"{linger:g} s {when}", file=sys.stderr, flush=True)
+            print(
+                f"pitdist: rank {self.rank}: no scrape of {self.target} within metrics.prometheus_linger_s = "
+                f"{linger:g} s {when}",
+                file=sys.stderr,
+                flush=True,
+            )
         return scraped
 
     def await_first_scrape(self) -> None:
         """Before the first step, so that Prometheus holds every counter's starting value."""
-        self._wait_for_scrape("before the first step; training anyway (is Prometheus scraping this target"
-                              + (f" or watching {self.sd_file.parent}?)" if self.sd_file else "?)"))
+        self._wait_for_scrape(
+            "before the first step; training anyway (is Prometheus scraping this target"
+            + (f" or watching {self.sd_file.parent}?)" if self.sd_file else "?)")
+        )
 
     def close(self, wait: bool = True) -> None:
         """Publish the final values, wait (bounded) until a scrape has them, stop serving, withdraw the
@@ -318,18 +375,30 @@ class PrometheusExporter:
             self.sd_file.unlink(missing_ok=True)
 
 
-def metrics_exporter(cfg: JobConfig, mesh, run: str, ledger, pe_fraction: float, *, tokens_per_image: int,
-                     image_flops: float, device: torch.device) -> PrometheusExporter | NoExporter:
+def metrics_exporter(
+    cfg: JobConfig,
+    mesh,
+    run: str,
+    ledger,
+    pe_fraction: float,
+    *,
+    tokens_per_image: int,
+    image_flops: float,
+    device: torch.device,
+) -> PrometheusExporter | NoExporter:
     """The rank's exporter when metrics.prometheus_port is set, else one that does nothing."""
     if not cfg.metrics.prometheus_port:
         return NoExporter()
-    exporter = PrometheusExporter(cfg, mesh, run, ledger, pe_fraction, tokens_per_image=tokens_per_image,
-                                  image_flops=image_flops, device=device)
+    exporter = PrometheusExporter(
+        cfg, mesh, run, ledger, pe_fraction, tokens_per_image=tokens_per_image, image_flops=image_flops, device=device
+    )
     if mesh.rank == 0:
         last = cfg.metrics.prometheus_port + mesh.world_size - 1
         where = f"ports {cfg.metrics.prometheus_port}-{last}" if mesh.world_size > 1 else f"port {exporter.port}"
-        print(f"pitdist: Prometheus metrics of run {run} at {cfg.metrics.prometheus_host}, {where} (rank r at "
-              f"metrics.prometheus_port + r)" + (f"; targets in {exporter.sd_file.parent}" if exporter.sd_file else ""),
-              flush=True)
+        print(
+            f"pitdist: Prometheus metrics of run {run} at {cfg.metrics.prometheus_host}, {where} (rank r at "
+            f"metrics.prometheus_port + r)" + (f"; targets in {exporter.sd_file.parent}" if exporter.sd_file else ""),
+            flush=True,
+        )
     exporter.await_first_scrape()
     return exporter

@@ -113,4 +113,3 @@ def read_timing(run_dir: Path) -> list[dict]:
     if not files:
         raise FileNotFoundError(f"{run_dir}: no timing/rank*.json (not a finished pitdist run?)")
     return [json.loads(f.read_text()) for f in files]
-

@@ -1,9 +1,10 @@
 """Analytical model of what one rank communicates per training step (DESIGN.md section 5).
 
 Notation: b images per SP group per step, N tokens per image, D width, L layers, P SP ranks, Q DP
-ranks, W = Q*P, e bytes per element; P = U x R when Ulysses runs over U ranks and ring attention over R. Every category gives the bytes a collective is HANDED (the
-tensor passed to it) and the bytes that LEAVE the rank under the algorithm named in
-pitdist.observe.ledger (ring all-reduce 2n(W-1)/W, all-gather s(W-1), all-to-all n(W-1)/W).
+ranks, W = Q*P, e bytes per element; P = U x R when Ulysses runs over U ranks and ring attention over
+R. Every category gives the bytes a collective is HANDED (the tensor passed to it) and the bytes that
+LEAVE the rank under the algorithm named in pitdist.observe.ledger (ring all-reduce 2n(W-1)/W,
+all-gather s(W-1), all-to-all n(W-1)/W).
 
     attention_a2a     8 per layer (q, k, v, out; forward and backward), each a [b, N/P, D] shard:
                       handed 8*L*b*N*D*e/P, sent that * (U-1)/U (U = P for plain Ulysses).
@@ -151,18 +152,37 @@ def _zero_partition(elements: int, ranks: int) -> int:
     return -(-elements // (2 * ranks)) * 2 * ranks // ranks
 
 
-def job_traffic(cfg: JobConfig, image_shape: tuple[int, int, int], num_classes: int,
-                streamed_data: bool | None = None) -> dict[str, Traffic]:
+def job_traffic(
+    cfg: JobConfig, image_shape: tuple[int, int, int], num_classes: int, streamed_data: bool | None = None
+) -> dict[str, Traffic]:
     """The job's per-step traffic; ``streamed_data`` defaults to what the job's loader setting implies."""
     streamed = cfg.data_loader == "ray_data" if streamed_data is None else streamed_data
-    return step_traffic(cfg.model, image_shape, num_classes, cfg.train.batch_size, cfg.parallel.dp,
-                        cfg.parallel.sp, cfg.parallel.zero_stage, cfg.optim.grad_clip, streamed_data=streamed,
-                        ring=cfg.parallel.ring)
+    return step_traffic(
+        cfg.model,
+        image_shape,
+        num_classes,
+        cfg.train.batch_size,
+        cfg.parallel.dp,
+        cfg.parallel.sp,
+        cfg.parallel.zero_stage,
+        cfg.optim.grad_clip,
+        streamed_data=streamed,
+        ring=cfg.parallel.ring,
+    )
 
 
-def projection_table(model: ModelConfig, image_shape: tuple[int, int, int], num_classes: int, batch: int,
-                     dp: int, sps: list[int], zero_stage: int, grad_clip: float, variants: dict[str, ModelConfig],
-                     bytes_per_element: int = 2) -> str:
+def projection_table(
+    model: ModelConfig,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    batch: int,
+    dp: int,
+    sps: list[int],
+    zero_stage: int,
+    grad_clip: float,
+    variants: dict[str, ModelConfig],
+    bytes_per_element: int = 2,
+) -> str:
     """Bytes each rank sends per step, by category, for each P and PE variant, with the PE's share.
 
     Also expressed in units of N*D*e (one image's activations), the unit of DESIGN.md's worked example.
@@ -170,14 +190,15 @@ def projection_table(model: ModelConfig, image_shape: tuple[int, int, int], num_
     h, w, _ = image_shape
     n = (h // model.patch_size) * (w // model.patch_size)
     unit = n * model.width * bytes_per_element
-    lines = [f"model projection: {model.size} (D={model.width}, L={model.num_layers}, heads={model.num_heads}) on "
-             f"{h}x{w} images (N={n} tokens), global batch {batch}, dp={dp}, ZeRO {zero_stage}, "
-             f"{bytes_per_element}-byte elements; per rank per step, bytes sent (and in units of N*D*e)"]
+    lines = [
+        f"model projection: {model.size} (D={model.width}, L={model.num_layers}, heads={model.num_heads}) on "
+        f"{h}x{w} images (N={n} tokens), global batch {batch}, dp={dp}, ZeRO {zero_stage}, "
+        f"{bytes_per_element}-byte elements; per rank per step, bytes sent (and in units of N*D*e)"
+    ]
     lines.append(f"{'P':>4} {'variant':<16}{'attention_a2a':>22}{'PE traffic':>22}{'all other':>22}{'PE share':>10}")
     for sp in sps:
         for name, variant in variants.items():
-            t = step_traffic(variant, image_shape, num_classes, batch, dp, sp, zero_stage, grad_clip,
-                             bytes_per_element)
+            t = step_traffic(variant, image_shape, num_classes, batch, dp, sp, zero_stage, grad_clip, bytes_per_element)
             a2a = t[Category.ATTENTION_A2A].sent if Category.ATTENTION_A2A in t else 0.0
             pe = sum(v.sent for k, v in t.items() if k.startswith("pe_"))
             rest = sum(v.sent for k, v in t.items() if not k.startswith("pe_") and k != Category.ATTENTION_A2A)
@@ -186,8 +207,9 @@ def projection_table(model: ModelConfig, image_shape: tuple[int, int, int], num_
             def cell(x: float) -> str:
                 return f"{x / 1e9:9.3f} GB ({x / unit:5.2f})" if x >= 1e8 else f"{x / 1e6:9.3f} MB ({x / unit:5.2f})"
 
-            lines.append(f"{sp:>4} {name:<16}{cell(a2a):>22}{cell(pe):>22}{cell(rest):>22}"
-                         f"{(pe / total if total else 0):>9.1%}")
+            lines.append(
+                f"{sp:>4} {name:<16}{cell(a2a):>22}{cell(pe):>22}{cell(rest):>22}{(pe / total if total else 0):>9.1%}"
+            )
     return "\n".join(lines)
 
 
@@ -205,9 +227,18 @@ def attention_sent(traffic: dict[str, Traffic]) -> float:
     return sum(traffic[c].sent for c in LAYER_CATEGORIES if c in traffic)
 
 
-def scheme_table(model: ModelConfig, image_shape: tuple[int, int, int], num_classes: int, batch: int, dp: int,
-                 sps: list[int], zero_stage: int, grad_clip: float, variants: dict[str, ModelConfig],
-                 bytes_per_element: int = 2) -> str:
+def scheme_table(
+    model: ModelConfig,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    batch: int,
+    dp: int,
+    sps: list[int],
+    zero_stage: int,
+    grad_clip: float,
+    variants: dict[str, ModelConfig],
+    bytes_per_element: int = 2,
+) -> str:
     """Ulysses, ring and their hybrids side by side, per rank per step.
 
     For each P, every (ulysses U, ring R) split pitdist can run (U divides the heads, P the tokens):
@@ -225,28 +256,35 @@ def scheme_table(model: ModelConfig, image_shape: tuple[int, int, int], num_clas
     def cell(x: float) -> str:
         return f"{x / 1e9:8.3f} GB ({x / unit:5.2f})" if x >= 1e8 else f"{x / 1e6:8.3f} MB ({x / unit:5.2f})"
 
-    lines = [f"Ulysses vs ring vs hybrid: {model.size} (D={model.width}, L={model.num_layers}, heads={model.num_heads}) "
-             f"on {h}x{w} images (N={n} tokens), global batch {batch}, dp={dp}, ZeRO {zero_stage}, "
-             f"{bytes_per_element}-byte elements; bytes sent per rank per step (in units of N*D*e)",
-             f"{'P':>4}  {'scheme':<22}{'attention':>22}{'vs fewest':>11}"
-             + "".join(f"{'total ' + name:>24}" for name in variants)]
+    lines = [
+        f"Ulysses vs ring vs hybrid: {model.size} (D={model.width}, L={model.num_layers}, heads={model.num_heads}) "
+        f"on {h}x{w} images (N={n} tokens), global batch {batch}, dp={dp}, ZeRO {zero_stage}, "
+        f"{bytes_per_element}-byte elements; bytes sent per rank per step (in units of N*D*e)",
+        f"{'P':>4}  {'scheme':<22}{'attention':>22}{'vs fewest':>11}"
+        + "".join(f"{'total ' + name:>24}" for name in variants),
+    ]
     for sp in sps:
         pairs = valid_factorisations(sp, model.num_heads, n)
         if not pairs:
             lines.append(f"{sp:>4}  P does not divide the {n} tokens: no scheme can split them evenly")
             continue
         rows = []
-        for u, r in pairs:
+        for _, r in pairs:
             totals = []
             for variant in variants.values():
-                t = step_traffic(variant, image_shape, num_classes, batch, dp, sp, zero_stage, grad_clip,
-                                 bytes_per_element, ring=r)
+                t = step_traffic(
+                    variant, image_shape, num_classes, batch, dp, sp, zero_stage, grad_clip, bytes_per_element, ring=r
+                )
                 totals.append(sum(v.sent for v in t.values()))
             rows.append((r, attention_sent(t), totals))
         fewest = min(attn for _, attn, _ in rows)
         for r, attn, totals in rows:
-            lines.append(f"{sp:>4}  {scheme_name(sp, r):<22}{cell(attn):>22}{attn / fewest:10.2f}x"
-                         + "".join(f"{cell(x):>24}" for x in totals))
+            lines.append(
+                f"{sp:>4}  {scheme_name(sp, r):<22}{cell(attn):>22}{attn / fewest:10.2f}x"
+                + "".join(f"{cell(x):>24}" for x in totals)
+            )
         if all(r > 1 for r, _, _ in rows):
-            lines.append(f"{'':>4}  (Ulysses alone cannot run P = {sp}: it does not divide the {model.num_heads} heads)")
+            lines.append(
+                f"{'':>4}  (Ulysses alone cannot run P = {sp}: it does not divide the {model.num_heads} heads)"
+            )
     return "\n".join(lines)

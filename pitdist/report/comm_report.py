@@ -50,11 +50,13 @@ def split_pe_share(totals: dict[tuple, Totals], engine_elements: int, pe_element
         return totals
     share = pe_elements / engine_elements
     out = dict(totals)
-    out[(Category.GRAD_REDUCE,)] = Totals(grad.count, round(grad.handed * (1 - share)), grad.sent * (1 - share),
-                                   grad.seconds * (1 - share))
+    out[(Category.GRAD_REDUCE,)] = Totals(
+        grad.count, round(grad.handed * (1 - share)), grad.sent * (1 - share), grad.seconds * (1 - share)
+    )
     pe = out.get((Category.PE_GRAD_REDUCE,), Totals())
-    out[(Category.PE_GRAD_REDUCE,)] = Totals(pe.count, pe.handed + round(grad.handed * share), pe.sent + grad.sent * share,
-                                      pe.seconds + grad.seconds * share)
+    out[(Category.PE_GRAD_REDUCE,)] = Totals(
+        pe.count, pe.handed + round(grad.handed * share), pe.sent + grad.sent * share, pe.seconds + grad.seconds * share
+    )
     return out
 
 
@@ -64,8 +66,11 @@ def load_run(run_dir: str | Path) -> dict:
     ranks = sorted((run_dir / "comm").glob("rank*.json"), key=lambda p: int(p.stem[4:]))
     if not config_file.exists() or not ranks:
         raise FileNotFoundError(f"{run_dir} is not a finished pitdist run (needs config.json and comm/rank*.json)")
-    return {"dir": str(run_dir), "config": json.loads(config_file.read_text()),
-            "ranks": [json.loads(p.read_text()) for p in ranks]}
+    return {
+        "dir": str(run_dir),
+        "config": json.loads(config_file.read_text()),
+        "ranks": [json.loads(p.read_text()) for p in ranks],
+    }
 
 
 def variant_name(model_cfg: dict) -> str:
@@ -77,8 +82,9 @@ def summarize(run: dict) -> dict:
     """Per-category rows for every rank of a run, and the model's numbers."""
     cfg = config_from_dict(run["config"])
     first = run["ranks"][0]
-    model = job_traffic(cfg, tuple(first["image_shape"]), first["num_classes"],
-                        streamed_data=first.get("data_loader") == "ray_data")
+    model = job_traffic(
+        cfg, tuple(first["image_shape"]), first["num_classes"], streamed_data=first.get("data_loader") == "ray_data"
+    )
     per_rank = []
     for record in run["ranks"]:
         totals = per_step_totals(record["rows"], ("category",))
@@ -87,13 +93,23 @@ def summarize(run: dict) -> dict:
         for category in sorted({k[0] for k in totals} | set(model), key=category_key):
             t = totals.get((category,), Totals())
             m = model.get(category)
-            rows.append(CategoryRow(category, t.count, t.handed, t.sent, t.seconds,
-                                    m.handed if m else None, m.sent if m else None))
+            rows.append(
+                CategoryRow(
+                    category, t.count, t.handed, t.sent, t.seconds, m.handed if m else None, m.sent if m else None
+                )
+            )
         per_rank.append(rows)
-    return {"variant": variant_name(run["config"]["model"]), "dp": cfg.parallel.dp, "sp": cfg.parallel.sp,
-            "ring": cfg.parallel.ring, "scheme": scheme_name(cfg.parallel.sp, cfg.parallel.ring),
-            "zero_stage": cfg.parallel.zero_stage, "batch_size": cfg.train.batch_size, "run_dir": run["dir"],
-            "rows": per_rank}
+    return {
+        "variant": variant_name(run["config"]["model"]),
+        "dp": cfg.parallel.dp,
+        "sp": cfg.parallel.sp,
+        "ring": cfg.parallel.ring,
+        "scheme": scheme_name(cfg.parallel.sp, cfg.parallel.ring),
+        "zero_stage": cfg.parallel.zero_stage,
+        "batch_size": cfg.train.batch_size,
+        "run_dir": run["dir"],
+        "rows": per_rank,
+    }
 
 
 def category_key(category: str) -> tuple[int, str]:
@@ -111,8 +127,15 @@ def crosscheck_table(run: dict) -> list[dict]:
         rows = [r for r in record["rows"] if r["step"] is not None]
         ledger = ledger_totals(rows)
         for op in sorted(set(ledger) | set(check["c10d"]) | set(check["comms_logger"])):
-            out.append({"rank": record["rank"], "op": op, "ledger": ledger.get(op, [0, 0]),
-                        "comms_logger": check["comms_logger"].get(op, [0, 0]), "c10d": check["c10d"].get(op, [0, 0])})
+            out.append(
+                {
+                    "rank": record["rank"],
+                    "op": op,
+                    "ledger": ledger.get(op, [0, 0]),
+                    "comms_logger": check["comms_logger"].get(op, [0, 0]),
+                    "c10d": check["c10d"].get(op, [0, 0]),
+                }
+            )
     return out
 
 
@@ -133,21 +156,30 @@ def format_summary(summary: dict, baseline: dict | None = None) -> str:
     rows = summary["rows"][0]
     base = {r.category: r.sent for r in baseline["rows"][0]} if baseline else None
     scheme = summary.get("scheme", scheme_name(summary["sp"]))
-    head = (f"{summary['variant']}: dp={summary['dp']} sp={summary['sp']} ({scheme}) zero={summary['zero_stage']} "
-            f"batch={summary['batch_size']}  (rank 0, per step; sent = bytes leaving the rank)")
-    lines = [head, f"{'category':<18}{'calls':>6}{'handed':>13}{'sent':>13}{'model sent':>13}{'ratio':>7}"
-                   f"{'seconds':>10}" + (f"{'vs none':>13}" if base else "")]
+    head = (
+        f"{summary['variant']}: dp={summary['dp']} sp={summary['sp']} ({scheme}) zero={summary['zero_stage']} "
+        f"batch={summary['batch_size']}  (rank 0, per step; sent = bytes leaving the rank)"
+    )
+    lines = [
+        head,
+        f"{'category':<18}{'calls':>6}{'handed':>13}{'sent':>13}{'model sent':>13}{'ratio':>7}"
+        f"{'seconds':>10}" + (f"{'vs none':>13}" if base else ""),
+    ]
     for r in rows:
         ratio = "-" if r.ratio is None else f"{r.ratio:.3f}"
-        line = (f"{r.category:<18}{r.count:>6}{_fmt_bytes(r.handed):>13}{_fmt_bytes(r.sent):>13}"
-                f"{_fmt_bytes(r.model_sent):>13}{ratio:>7}{r.seconds:>10.4f}")
+        line = (
+            f"{r.category:<18}{r.count:>6}{_fmt_bytes(r.handed):>13}{_fmt_bytes(r.sent):>13}"
+            f"{_fmt_bytes(r.model_sent):>13}{ratio:>7}{r.seconds:>10.4f}"
+        )
         if base is not None:
             line += f"{_fmt_bytes(r.sent - base.get(r.category, 0.0)):>13}"
         lines.append(line)
     total = sum(r.sent for r in rows)
     pe = sum(r.sent for r in rows if r.category.startswith("pe_"))
-    lines.append(f"{'total':<18}{sum(r.count for r in rows):>6}{_fmt_bytes(sum(r.handed for r in rows)):>13}"
-                 f"{_fmt_bytes(total):>13}{'':>13}{'':>7}{sum(r.seconds for r in rows):>10.4f}")
+    lines.append(
+        f"{'total':<18}{sum(r.count for r in rows):>6}{_fmt_bytes(sum(r.handed for r in rows)):>13}"
+        f"{_fmt_bytes(total):>13}{'':>13}{'':>7}{sum(r.seconds for r in rows):>10.4f}"
+    )
     lines.append(f"position embedding share of bytes sent: {pe / total:.2%}" if total else "nothing sent")
     return "\n".join(lines)
 
@@ -157,11 +189,25 @@ def to_records(summaries: list[dict]) -> list[dict]:
     for s in summaries:
         for rank, rows in enumerate(s["rows"]):
             for r in rows:
-                out.append({"variant": s["variant"], "dp": s["dp"], "sp": s["sp"], "ring": s.get("ring", 1),
-                            "zero_stage": s["zero_stage"],
-                            "batch_size": s["batch_size"], "rank": rank, "category": r.category, "calls": r.count,
-                            "handed_bytes": r.handed, "sent_bytes": r.sent, "model_handed_bytes": r.model_handed,
-                            "model_sent_bytes": r.model_sent, "ratio": r.ratio, "seconds": r.seconds})
+                out.append(
+                    {
+                        "variant": s["variant"],
+                        "dp": s["dp"],
+                        "sp": s["sp"],
+                        "ring": s.get("ring", 1),
+                        "zero_stage": s["zero_stage"],
+                        "batch_size": s["batch_size"],
+                        "rank": rank,
+                        "category": r.category,
+                        "calls": r.count,
+                        "handed_bytes": r.handed,
+                        "sent_bytes": r.sent,
+                        "model_handed_bytes": r.model_handed,
+                        "model_sent_bytes": r.model_sent,
+                        "ratio": r.ratio,
+                        "seconds": r.seconds,
+                    }
+                )
     return out
 
 
@@ -186,8 +232,11 @@ def plot(summaries: list[dict], path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     # Left: bytes sent per category, one stacked bar per (variant, mesh).
-    labels = [f"{s['variant']}\nQ{s['dp']}xP{s['sp']}{'' if s.get('ring', 1) == 1 else 'r' + str(s['ring'])} "
-              f"z{s['zero_stage']}" for s in summaries]
+    labels = [
+        f"{s['variant']}\nQ{s['dp']}xP{s['sp']}{'' if s.get('ring', 1) == 1 else 'r' + str(s['ring'])} "
+        f"z{s['zero_stage']}"
+        for s in summaries
+    ]
     categories = sorted({r.category for s in summaries for r in s["rows"][0]}, key=category_key)
     bottom = [0.0] * len(summaries)
     for category in categories:
@@ -198,14 +247,18 @@ def plot(summaries: list[dict], path: Path) -> None:
     left.set_title("Bytes leaving rank 0, by cause")
     left.legend(fontsize=7)
     left.tick_params(axis="x", labelsize=7)
+
     # Right: total bytes vs P, one line per variant and attention scheme (measured dots, model line).
     def line_of(s):  # ring attention's share of the SP ranks: none (Ulysses), all (ring) or some (hybrid)
         r = s.get("ring", 1)
         return s["variant"] + ("" if r == 1 or s["sp"] == 1 else " ring" if r == s["sp"] else f" hybrid r{r}")
 
     for variant in dict.fromkeys(line_of(s) for s in summaries):
-        pts = sorted((s["sp"], sum(r.sent for r in s["rows"][0]), sum(r.model_sent or 0 for r in s["rows"][0]))
-                     for s in summaries if line_of(s) == variant)
+        pts = sorted(
+            (s["sp"], sum(r.sent for r in s["rows"][0]), sum(r.model_sent or 0 for r in s["rows"][0]))
+            for s in summaries
+            if line_of(s) == variant
+        )
         (line,) = right.plot([p for p, _, _ in pts], [m / 1e6 for _, _, m in pts], "-", alpha=0.6)
         right.plot([p for p, _, _ in pts], [b / 1e6 for _, b, _ in pts], "o", color=line.get_color(), label=variant)
     right.set_xticks(sorted({s["sp"] for s in summaries}))
@@ -224,8 +277,10 @@ def crosscheck_verdict(rows: list[dict]) -> str:
     bad = [r for r in rows if not (r["ledger"] == r["comms_logger"] == r["c10d"])]
     if not bad:
         ops = sorted({r["op"] for r in rows})
-        return (f"cross-check: ledger = DeepSpeed comms logger = c10d dispatch counter (calls and handed bytes) "
-                f"on every rank for {', '.join(ops)}")
+        return (
+            f"cross-check: ledger = DeepSpeed comms logger = c10d dispatch counter (calls and handed bytes) "
+            f"on every rank for {', '.join(ops)}"
+        )
     lines = ["cross-check MISMATCH (rank op: ledger / comms logger / c10d as [calls, bytes]):"]
     lines += [f"  rank {r['rank']} {r['op']}: {r['ledger']} / {r['comms_logger']} / {r['c10d']}" for r in bad]
     return "\n".join(lines)
@@ -235,8 +290,18 @@ def format_blocks(summaries: list[dict], baseline_variant: str = "none") -> list
     """One table per summary, each with its difference from the baseline variant at the same mesh."""
     blocks = []
     for s in summaries:
-        base = next((b for b in summaries if b["variant"] == baseline_variant and b["dp"] == s["dp"]
-                     and b["sp"] == s["sp"] and b.get("ring") == s.get("ring") and b["zero_stage"] == s["zero_stage"]
-                     and b["batch_size"] == s["batch_size"]), None)
+        base = next(
+            (
+                b
+                for b in summaries
+                if b["variant"] == baseline_variant
+                and b["dp"] == s["dp"]
+                and b["sp"] == s["sp"]
+                and b.get("ring") == s.get("ring")
+                and b["zero_stage"] == s["zero_stage"]
+                and b["batch_size"] == s["batch_size"]
+            ),
+            None,
+        )
         blocks.append(format_summary(s, base if base is not s else None))
     return blocks

@@ -40,8 +40,10 @@ def query(url: str, promql: str) -> list[dict]:
         detail = json.loads(exc.read() or b"{}").get("error", exc.reason)
         raise PrometheusQueryError(f"Prometheus at {url} refused {promql!r}: {detail}") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise PrometheusQueryError(f"cannot reach Prometheus at {url} ({getattr(exc, 'reason', exc)}); "
-                                   "check --prometheus (e.g. http://127.0.0.1:9090)") from None
+        raise PrometheusQueryError(
+            f"cannot reach Prometheus at {url} ({getattr(exc, 'reason', exc)}); "
+            "check --prometheus (e.g. http://127.0.0.1:9090)"
+        ) from None
     if body.get("status") != "success":
         raise PrometheusQueryError(f"Prometheus at {url}: {body.get('error', body)}")
     return body["data"]["result"]
@@ -74,11 +76,17 @@ def live_summary(url: str, run: str, lookback: str = "1d") -> dict:
     """The per-category, per-step summary of one run, shaped like comm_report.summarize's."""
     info = {int(r["metric"]["rank"]): r["metric"] for r in _last(url, "pitdist_run_info", run, lookback)}
     if not info:
-        raise PrometheusQueryError(f"Prometheus at {url} has no run {run!r} in the last {lookback} "
-                                   f"(runs there: {', '.join(run_ids(url, lookback)) or 'none'})")
-    steps = {int(r["metric"]["rank"]): int(float(r["value"][1])) for r in _last(url, "pitdist_steps_total", run, lookback)}
-    fraction = {int(r["metric"]["rank"]): float(r["value"][1])
-                for r in _last(url, "pitdist_replicated_pe_grad_fraction", run, lookback)}
+        raise PrometheusQueryError(
+            f"Prometheus at {url} has no run {run!r} in the last {lookback} "
+            f"(runs there: {', '.join(run_ids(url, lookback)) or 'none'})"
+        )
+    steps = {
+        int(r["metric"]["rank"]): int(float(r["value"][1])) for r in _last(url, "pitdist_steps_total", run, lookback)
+    }
+    fraction = {
+        int(r["metric"]["rank"]): float(r["value"][1])
+        for r in _last(url, "pitdist_replicated_pe_grad_fraction", run, lookback)
+    }
     by_rank: dict[int, dict[tuple, Totals]] = defaultdict(lambda: defaultdict(Totals))
     for (rank, phase, category, _), t in comm_totals(url, run, lookback).items():
         if phase in STEP_PHASES:
@@ -88,21 +96,34 @@ def live_summary(url: str, run: str, lookback: str = "1d") -> dict:
         n = max(1, steps.get(rank, 0))
         totals = {k: Totals(t.count // n, t.handed // n, t.sent / n, t.seconds / n) for k, t in by_rank[rank].items()}
         totals = split_pe_share(totals, 1.0, fraction.get(rank, 0.0))  # share = fraction / 1
-        rows.append([CategoryRow(k[0], t.count, t.handed, t.sent, t.seconds, None, None)
-                     for k, t in sorted(totals.items(), key=lambda kv: category_key(kv[0][0]))])
+        rows.append(
+            [
+                CategoryRow(k[0], t.count, t.handed, t.sent, t.seconds, None, None)
+                for k, t in sorted(totals.items(), key=lambda kv: category_key(kv[0][0]))
+            ]
+        )
     first = info[min(info)]
     sp, ring = int(first["sp"]), int(first.get("ring", 1))
-    return {"variant": first["pos_embed"].replace("-", " "), "dp": int(first["dp"]), "sp": sp,
-            "ring": ring, "scheme": scheme_name(sp, ring),
-            "zero_stage": int(first["zero_stage"]), "batch_size": int(first["batch_size"]),
-            "run_dir": f"{url} run={run}", "rows": rows}
+    return {
+        "variant": first["pos_embed"].replace("-", " "),
+        "dp": int(first["dp"]),
+        "sp": sp,
+        "ring": ring,
+        "scheme": scheme_name(sp, ring),
+        "zero_stage": int(first["zero_stage"]),
+        "batch_size": int(first["batch_size"]),
+        "run_dir": f"{url} run={run}",
+        "rows": rows,
+    }
 
 
 def live_report(url: str, runs: list[str] | None, lookback: str = "1d") -> str:
     """The comm-report text for ``runs`` (default: every run within ``lookback``)."""
     runs = runs or run_ids(url, lookback)
     if not runs:
-        raise PrometheusQueryError(f"Prometheus at {url} holds no pitdist run from the last {lookback} "
-                                   "(do the ranks export? --metrics.prometheus_port)")
+        raise PrometheusQueryError(
+            f"Prometheus at {url} holds no pitdist run from the last {lookback} "
+            "(do the ranks export? --metrics.prometheus_port)"
+        )
     summaries = [live_summary(url, run, lookback) for run in runs]
     return "\n\n".join(f"run {run} (from Prometheus)\n{block}" for run, block in zip(runs, format_blocks(summaries)))

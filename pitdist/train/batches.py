@@ -36,8 +36,15 @@ from pitdist.train.step import Batch
 class LocalBatches:
     """This rank's slice of each step's batch, indexed from a memory-mapped dataset."""
 
-    def __init__(self, data: PixelDataset, schedule: BatchSchedule, mesh: Mesh, patch_size: int,
-                 device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self,
+        data: PixelDataset,
+        schedule: BatchSchedule,
+        mesh: Mesh,
+        patch_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
         self.data, self.schedule, self.mesh = data, schedule, mesh
         self.patch_size, self.device, self.dtype = patch_size, device, dtype
         h, w, _ = data.image_shape
@@ -75,16 +82,26 @@ class StreamedBatches(LocalBatches):
     holds ``num_rows`` / (Q * P) of its ``num_rows`` rows.
     """
 
-    def __init__(self, shard, num_rows: int, data: PixelDataset, cfg: JobConfig, mesh: Mesh,
-                 device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self,
+        shard,
+        num_rows: int,
+        data: PixelDataset,
+        cfg: JobConfig,
+        mesh: Mesh,
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
         super().__init__(data, None, mesh, cfg.model.patch_size, device, dtype)  # type: ignore[arg-type]
         self.shard, self.cfg = shard, cfg
         world = mesh.world_size
         self.per_worker = cfg.train.batch_size // world
         self._steps_per_epoch = num_rows // world // self.per_worker
         if self._steps_per_epoch == 0:
-            raise ConfigError(f"the dataset has {num_rows} training images, fewer than one global batch of "
-                              f"{cfg.train.batch_size}; lower train.batch_size")
+            raise ConfigError(
+                f"the dataset has {num_rows} training images, fewer than one global batch of "
+                f"{cfg.train.batch_size}; lower train.batch_size"
+            )
         self._dropped = num_rows - self._steps_per_epoch * cfg.train.batch_size
         self._position: tuple[int, int] | None = None  # (epoch, batches taken) of the open iterator
         self._stream = None
@@ -104,10 +121,11 @@ class StreamedBatches(LocalBatches):
                 pass
         shuffle = {}
         if self.cfg.data.shuffle:
-            shuffle = {"local_shuffle_buffer_size": self.cfg.data.shuffle_buffer,
-                       "local_shuffle_seed": self.cfg.train.seed + epoch}
-        self._stream = iter_pixel_batches(self.shard, self.data.image_shape, self.per_worker, drop_last=True,
-                                          **shuffle)
+            shuffle = {
+                "local_shuffle_buffer_size": self.cfg.data.shuffle_buffer,
+                "local_shuffle_seed": self.cfg.train.seed + epoch,
+            }
+        self._stream = iter_pixel_batches(self.shard, self.data.image_shape, self.per_worker, drop_last=True, **shuffle)
         for _ in range(skip):  # a restored run: the batches trained on before the checkpoint
             next(self._stream)
         self._position = (epoch, skip)

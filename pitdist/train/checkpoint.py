@@ -33,19 +33,25 @@ def check_resume(cfg: JobConfig) -> None:
     want = cfg.train.resume_tag
     if not root.is_dir() or not ((root / want).is_dir() if want else (root / "latest").is_file()):
         found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        raise ConfigError(f"train.resume: {root} holds no checkpoint {want or '(latest)'}; "
-                          f"tags there: {found or 'none'} (runs save them with --train.checkpoint_every N)")
+        raise ConfigError(
+            f"train.resume: {root} holds no checkpoint {want or '(latest)'}; "
+            f"tags there: {found or 'none'} (runs save them with --train.checkpoint_every N)"
+        )
 
 
 def load(engine, cfg: JobConfig, path: str, tag_name: str | None) -> tuple[int, list[float]]:
     """Load a checkpoint directory into the engine; return the step to continue from and the losses."""
     loaded, client = engine.load_checkpoint(path, tag=tag_name or None)
     if loaded is None or not client or "step" not in client:
-        raise ConfigError(f"train.resume: no pitdist checkpoint in {path} (tag {tag_name or 'latest'}); "
-                          "point it at a run's checkpoints/ directory")
+        raise ConfigError(
+            f"train.resume: no pitdist checkpoint in {path} (tag {tag_name or 'latest'}); "
+            "point it at a run's checkpoints/ directory"
+        )
     if client["step"] >= cfg.train.steps:
-        raise ConfigError(f"train.resume: the checkpoint is at step {client['step']}, but train.steps = "
-                          f"{cfg.train.steps}; raise train.steps to train further")
+        raise ConfigError(
+            f"train.resume: the checkpoint is at step {client['step']}, but train.steps = "
+            f"{cfg.train.steps}; raise train.steps to train further"
+        )
     return client["step"], list(client["losses"])
 
 
@@ -85,8 +91,10 @@ class RayCheckpoints(Checkpoints):
         scratch = Path(tempfile.mkdtemp(prefix="pitdist-ckpt-"))
         try:
             engine.save_checkpoint(str(scratch), tag=tag(step), client_state=self.client_state(step, losses))
-            ray.train.report({"step": step, "loss": losses[-1]},
-                             checkpoint=ray.train.Checkpoint.from_directory(str(scratch)),
-                             checkpoint_dir_name=tag(step))
+            ray.train.report(
+                {"step": step, "loss": losses[-1]},
+                checkpoint=ray.train.Checkpoint.from_directory(str(scratch)),
+                checkpoint_dir_name=tag(step),
+            )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

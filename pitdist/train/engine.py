@@ -39,13 +39,23 @@ def deepspeed_config(cfg: JobConfig, dtype: torch.dtype) -> dict[str, Any]:
         "optimizer": {
             "type": "AdamW",
             # torch's AdamW: DeepSpeed's fused CPU Adam would JIT-compile for a minute.
-            "params": {"lr": o.lr, "betas": [o.beta1, o.beta2], "eps": 1e-8, "weight_decay": o.weight_decay,
-                       "torch_adam": True},
+            "params": {
+                "lr": o.lr,
+                "betas": [o.beta1, o.beta2],
+                "eps": 1e-8,
+                "weight_decay": o.weight_decay,
+                "torch_adam": True,
+            },
         },
         "scheduler": {
             "type": "WarmupDecayLR",
-            "params": {"warmup_min_lr": 0.0, "warmup_max_lr": o.lr, "warmup_num_steps": o.warmup_steps,
-                       "total_num_steps": max(cfg.train.steps, o.warmup_steps + 1), "warmup_type": "linear"},
+            "params": {
+                "warmup_min_lr": 0.0,
+                "warmup_max_lr": o.lr,
+                "warmup_num_steps": o.warmup_steps,
+                "total_num_steps": max(cfg.train.steps, o.warmup_steps + 1),
+                "warmup_type": "linear",
+            },
         },
         "zero_optimization": {"stage": cfg.parallel.zero_stage},
         "bf16": {"enabled": dtype == torch.bfloat16},
@@ -64,8 +74,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
             continue
         (decay if p.ndim >= 2 and "pos_embed" not in name else no_decay).append(p)
     # Named: DeepSpeed's MoE grouping (used for a sharded position table) splits groups by name.
-    return [{"name": "decay", "params": decay, "weight_decay": weight_decay},
-            {"name": "no_decay", "params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"name": "decay", "params": decay, "weight_decay": weight_decay},
+        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def build_engine(model: nn.Module, cfg: JobConfig, mesh: Mesh, dtype: torch.dtype):

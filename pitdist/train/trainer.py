@@ -77,8 +77,15 @@ class Run:
     crosscheck: dict | None = None
 
 
-def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path, *,
-          checkpoints: Checkpoints | None = None, data_stream=None) -> RunResult:
+def train(
+    cfg: JobConfig,
+    mesh: Mesh,
+    device: torch.device,
+    run_dir: Path,
+    *,
+    checkpoints: Checkpoints | None = None,
+    data_stream=None,
+) -> RunResult:
     """Train on this rank; every rank returns the same RunResult.
 
     ``data_stream`` = (this worker's Ray Data shard, rows in the training split) selects the streamed
@@ -101,8 +108,16 @@ def train(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path, *,
     return finish(run, accuracy, state)
 
 
-def setup(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path, ledger: CommLedger, id_log: IdLog,
-          checkpoints: Checkpoints, data_stream) -> Run:
+def setup(
+    cfg: JobConfig,
+    mesh: Mesh,
+    device: torch.device,
+    run_dir: Path,
+    ledger: CommLedger,
+    id_log: IdLog,
+    checkpoints: Checkpoints,
+    data_stream,
+) -> Run:
     train_data, val_data = split_dataset(cfg)
     validate_mesh(cfg, train_data.image_shape, world_size=mesh.world_size)
     dtype = resolve_dtype(cfg.train.dtype, device)
@@ -125,12 +140,31 @@ def setup(cfg: JobConfig, mesh: Mesh, device: torch.device, run_dir: Path, ledge
     first_step, losses = checkpoints.restore(engine)
     engine_elements, pe_elements = gradient_elements(engine.module)
     return Run(
-        cfg=cfg, mesh=mesh, run_dir=run_dir, engine=engine, batches=batches, train_data=train_data,
-        val_data=val_data, checkpoints=checkpoints, ledger=ledger, timer=StepTimer(ledger if cfg.metrics.ledger else None),
+        cfg=cfg,
+        mesh=mesh,
+        run_dir=run_dir,
+        engine=engine,
+        batches=batches,
+        train_data=train_data,
+        val_data=val_data,
+        checkpoints=checkpoints,
+        ledger=ledger,
+        timer=StepTimer(ledger if cfg.metrics.ledger else None),
         log=StepLog(cfg, run_dir, mesh.rank == 0, batches.num_tokens, image_flops, first_step),
-        exporter=metrics_exporter(cfg, mesh, run_dir.name, ledger, pe_elements / engine_elements, device=device,
-                                  tokens_per_image=batches.num_tokens, image_flops=image_flops),
-        id_log=id_log, image_flops=image_flops, first_step=first_step, streamed=data_stream is not None,
+        exporter=metrics_exporter(
+            cfg,
+            mesh,
+            run_dir.name,
+            ledger,
+            pe_elements / engine_elements,
+            device=device,
+            tokens_per_image=batches.num_tokens,
+            image_flops=image_flops,
+        ),
+        id_log=id_log,
+        image_flops=image_flops,
+        first_step=first_step,
+        streamed=data_stream is not None,
         losses=losses,
     )
 
@@ -167,8 +201,11 @@ def evaluate_and_gather(run: Run) -> tuple[float, dict]:
     """Held-out accuracy and the plain model's state dict (whole PE table even when sharded)."""
     run.timer.outside_steps()
     with run.ledger.in_phase(Phase.EVAL):
-        accuracy = (evaluate(run.engine.module, run.batches, run.val_data, run.cfg.train.eval_batch_size)
-                    if run.cfg.train.evaluate else float("nan"))
+        accuracy = (
+            evaluate(run.engine.module, run.batches, run.val_data, run.cfg.train.eval_batch_size)
+            if run.cfg.train.evaluate
+            else float("nan")
+        )
         state = consolidated_state_dict(run.engine.module, run.mesh)
     return accuracy, state
 
@@ -181,10 +218,17 @@ def finish(run: Run, accuracy: float, state: dict) -> RunResult:
     run.exporter.close()  # after a scrape of the final values (evaluation included), or metrics.prometheus_linger_s
     wall = run.timer.wall_s
     images_per_s = (cfg.train.steps - run.first_step) * cfg.train.batch_size / wall
-    result = RunResult(losses=run.losses, val_accuracy=accuracy, images_per_s=images_per_s,
-                       tokens_per_s=images_per_s * batches.num_tokens, tflops=images_per_s * run.image_flops / 1e12,
-                       wall_s=wall, steps=cfg.train.steps, dropped_per_epoch=batches.dropped_per_epoch,
-                       run_dir=str(run.run_dir))
+    result = RunResult(
+        losses=run.losses,
+        val_accuracy=accuracy,
+        images_per_s=images_per_s,
+        tokens_per_s=images_per_s * batches.num_tokens,
+        tflops=images_per_s * run.image_flops / 1e12,
+        wall_s=wall,
+        steps=cfg.train.steps,
+        dropped_per_epoch=batches.dropped_per_epoch,
+        run_dir=str(run.run_dir),
+    )
     if mesh.rank == 0:
         torch.save(state, run.run_dir / "model.pt")
         (run.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
@@ -197,8 +241,13 @@ def write_comm_record(run: Run) -> None:
     mesh, data = run.mesh, run.train_data
     engine_elements, pe_elements = gradient_elements(run.engine.module)
     record = {
-        "rank": mesh.rank, "dp_rank": mesh.dp_rank, "sp_rank": mesh.sp_rank, "dp": mesh.dp, "sp": mesh.sp,
-        "image_shape": list(data.image_shape), "num_classes": data.num_classes,
+        "rank": mesh.rank,
+        "dp_rank": mesh.dp_rank,
+        "sp_rank": mesh.sp_rank,
+        "dp": mesh.dp,
+        "sp": mesh.sp,
+        "image_shape": list(data.image_shape),
+        "num_classes": data.num_classes,
         # The engine reduces these gradient elements together; the replicated PE table is one share.
         "engine_grad_elements": engine_elements,
         "replicated_pe_elements": pe_elements,

@@ -12,8 +12,7 @@ def validate_mesh(cfg: JobConfig, image_shape: tuple[int, int, int], world_size:
     """MeshError (naming what would work) when the DP x SP layout cannot run this model on these images."""
     h, w, _ = image_shape
     tokens = (h // cfg.model.patch_size) * (w // cfg.model.patch_size)
-    ParallelDims.from_config(cfg.parallel).validate(heads=cfg.model.num_heads, num_tokens=tokens,
-                                                    world_size=world_size)
+    ParallelDims.from_config(cfg.parallel).validate(heads=cfg.model.num_heads, num_tokens=tokens, world_size=world_size)
 
 
 def validate_job(cfg: JobConfig) -> None:

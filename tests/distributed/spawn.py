@@ -27,8 +27,9 @@ def run_ranks(world: int, fn, *args, timeout: float = 600.0) -> list:
     """fn(rank, *args) on every rank of a fresh process group; returns the results in rank order."""
     ctx = mp.get_context("spawn")
     results = ctx.SimpleQueue()
-    procs = mp.start_processes(_entry, args=(world, comm.free_port(), fn, args, results), nprocs=world,
-                               join=False, start_method="spawn")
+    procs = mp.start_processes(
+        _entry, args=(world, comm.free_port(), fn, args, results), nprocs=world, join=False, start_method="spawn"
+    )
     try:
         while not procs.join(timeout=timeout):
             pass

@@ -12,12 +12,29 @@ pytestmark = pytest.mark.slow
 def test_resume_mid_run_equals_an_uninterrupted_run(zero, tmp_path):
     # The hardest case: 2 x 2 mesh, the learned table sharded over SP (its rows live in per-rank
     # expert files of the checkpoint), ZeRO state partitioned over all 4 ranks.
-    common = ["--parallel.dp", "2", "--parallel.sp", "2", "--parallel.launcher", "local", "--parallel.zero_stage",
-              str(zero), "--model.pos_embed", "learned", "--model.shard_pos_embed", "true",
-              "--train.checkpoint_every", "10"]
+    common = [
+        "--parallel.dp",
+        "2",
+        "--parallel.sp",
+        "2",
+        "--parallel.launcher",
+        "local",
+        "--parallel.zero_stage",
+        str(zero),
+        "--model.pos_embed",
+        "learned",
+        "--model.shard_pos_embed",
+        "true",
+        "--train.checkpoint_every",
+        "10",
+    ]
     straight = run_ranks(4, loss_curve, common, str(tmp_path / "straight"))[0]
-    resumed = run_ranks(4, loss_curve, [*common, "--train.resume", str(tmp_path / "straight" / "checkpoints"),
-                                        "--train.resume_tag", "step-10"], str(tmp_path / "resumed"))[0]
+    resumed = run_ranks(
+        4,
+        loss_curve,
+        [*common, "--train.resume", str(tmp_path / "straight" / "checkpoints"), "--train.resume_tag", "step-10"],
+        str(tmp_path / "resumed"),
+    )[0]
     assert resumed[:10] == straight[:10]  # carried over from the checkpoint
     assert resumed[10:] == pytest.approx(straight[10:], abs=1e-6)
     a = torch.load(tmp_path / "straight" / "model.pt")

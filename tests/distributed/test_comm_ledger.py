@@ -15,15 +15,17 @@ VARIANTS = ["none", "sincos", "learned", "learned-sharded"]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", params=[(1, 2, 0), (1, 4, 0), (1, 2, 2), (2, 2, 0), (2, 2, 1), (2, 2, 2)],
-                ids=["P2-z0", "P4-z0", "P2-z2", "Q2xP2-z0", "Q2xP2-z1", "Q2xP2-z2"])
+@pytest.fixture(
+    scope="module",
+    params=[(1, 2, 0), (1, 4, 0), (1, 2, 2), (2, 2, 0), (2, 2, 1), (2, 2, 2)],
+    ids=["P2-z0", "P4-z0", "P2-z2", "Q2xP2-z0", "Q2xP2-z1", "Q2xP2-z2"],
+)
 def mesh_runs(request, tmp_path_factory):
     dp, sp, zero = request.param
     out = tmp_path_factory.mktemp(f"q{dp}p{sp}z{zero}")
     run_dirs = run_ranks(dp * sp, comm_runs, dp, sp, zero, VARIANTS, str(out))[0]
     runs = {v: load_run(d) for v, d in zip(VARIANTS, run_dirs)}
-    return {"dp": dp, "sp": sp, "zero": zero, "runs": runs,
-            "summaries": {v: summarize(r) for v, r in runs.items()}}
+    return {"dp": dp, "sp": sp, "zero": zero, "runs": runs, "summaries": {v: summarize(r) for v, r in runs.items()}}
 
 
 def by_category(summary, rank=0):

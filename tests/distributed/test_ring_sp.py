@@ -15,8 +15,9 @@ VARIANTS = [("none", False), ("sincos", False), ("learned", False), ("learned", 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("dp, sp, ring", [(1, 2, 2), (1, 4, 4), (1, 4, 2), (2, 2, 2)],
-                         ids=["ring2", "ring4", "ulysses2xring2", "Q2xring2"])
+@pytest.mark.parametrize(
+    "dp, sp, ring", [(1, 2, 2), (1, 4, 4), (1, 4, 2), (2, 2, 2)], ids=["ring2", "ring4", "ulysses2xring2", "Q2xring2"]
+)
 def test_logits_loss_and_every_gradient_match_one_device(dp, sp, ring):
     reports = run_ranks(dp * sp, one_step_versus_single_device, dp, sp, VARIANTS, ring)
     for rank, report in enumerate(reports):
@@ -31,12 +32,35 @@ def test_three_heads_train_on_six_ranks_as_on_one(tmp_path):
     # Ulysses alone could use at most 3 ranks (the heads); 3 x ring 2 spreads each 36-token image over 6.
     # Clipping on and a sharded learned table: the gradient norm and the table's reduction must see the
     # whole 6-rank SP group. 40 images, batch 8: the loss falls by memorising them.
-    common = ["--model.heads", "3", "--model.dim", "48", "--model.depth", "2", "--model.pos_embed", "learned",
-              "--data.dataset", "synthetic:6x6x1:40", "--optim.grad_clip", "0.5", "--train.evaluate", "false"]
-    single = run_ranks(1, loss_curve, common + ["--parallel.launcher", "single", "--parallel.sp", "1"],
-                       str(tmp_path / "p1"))[0]
-    hybrid = common + ["--parallel.launcher", "local", "--parallel.ulysses", "3", "--parallel.ring", "2",
-                       "--model.shard_pos_embed", "true"]
+    common = [
+        "--model.heads",
+        "3",
+        "--model.dim",
+        "48",
+        "--model.depth",
+        "2",
+        "--model.pos_embed",
+        "learned",
+        "--data.dataset",
+        "synthetic:6x6x1:40",
+        "--optim.grad_clip",
+        "0.5",
+        "--train.evaluate",
+        "false",
+    ]
+    single = run_ranks(
+        1, loss_curve, common + ["--parallel.launcher", "single", "--parallel.sp", "1"], str(tmp_path / "p1")
+    )[0]
+    hybrid = common + [
+        "--parallel.launcher",
+        "local",
+        "--parallel.ulysses",
+        "3",
+        "--parallel.ring",
+        "2",
+        "--model.shard_pos_embed",
+        "true",
+    ]
     curves = run_ranks(6, loss_curve, hybrid, str(tmp_path / "u3r2"))
     assert all(c == curves[0] for c in curves), "ranks disagree on the global loss"
     worst = max(abs(a - b) for a, b in zip(curves[0], single))
@@ -44,8 +68,11 @@ def test_three_heads_train_on_six_ranks_as_on_one(tmp_path):
     assert sum(single[-5:]) < sum(single[:5])  # and it is a real training curve
 
 
-@pytest.fixture(scope="module", params=[(1, 2, 2, 0), (1, 4, 4, 0), (1, 4, 2, 0), (2, 2, 2, 2)],
-                ids=["ring2", "ring4", "ulysses2xring2", "Q2xring2-z2"])
+@pytest.fixture(
+    scope="module",
+    params=[(1, 2, 2, 0), (1, 4, 4, 0), (1, 4, 2, 0), (2, 2, 2, 2)],
+    ids=["ring2", "ring4", "ulysses2xring2", "Q2xring2-z2"],
+)
 def ring_runs(request, tmp_path_factory):
     dp, sp, ring, zero = request.param
     out = tmp_path_factory.mktemp(f"q{dp}p{sp}r{ring}z{zero}")

@@ -29,8 +29,16 @@ def test_twenty_steps_match_the_single_device_loss_curve(zero, tmp_path):
     common = ["--parallel.zero_stage", str(zero), "--optim.grad_clip", "0.5", "--model.pos_embed", "learned"]
     single = run_ranks(1, loss_curve, common, str(tmp_path / "p1"))[0]
     for dp, sp, shard in [(1, 2, "true"), (2, 2, "true"), (1, 4, "false")]:
-        mesh = ["--parallel.dp", str(dp), "--parallel.sp", str(sp), "--parallel.launcher", "local",
-                "--model.shard_pos_embed", shard]
+        mesh = [
+            "--parallel.dp",
+            str(dp),
+            "--parallel.sp",
+            str(sp),
+            "--parallel.launcher",
+            "local",
+            "--model.shard_pos_embed",
+            shard,
+        ]
         curves = run_ranks(dp * sp, loss_curve, common + mesh, str(tmp_path / f"q{dp}p{sp}"))
         assert all(c == curves[0] for c in curves), "ranks disagree on the global loss"
         worst = max(abs(a - b) for a, b in zip(curves[0], single))

@@ -22,18 +22,35 @@ IMAGE = (8, 8, 1)  # 64 pixel tokens: divisible by P = 1, 2, 4
 CLASSES = 10
 
 
-def sp_test_config(pos_embed: str, shard: bool, dp: int, sp: int, zero: int = 0, grad_clip: float = 0.0,
-                   ring: int = 1):
-    return load_config(None, [
-        "--model.pos_embed", pos_embed, "--model.shard_pos_embed", str(shard).lower(),
-        "--parallel.dp", str(dp), "--parallel.sp", str(sp), "--parallel.ring", str(ring),
-        "--parallel.launcher", "local" if dp * sp > 1 else "single",
-        "--parallel.zero_stage", str(zero), "--optim.grad_clip", str(grad_clip), "--train.batch_size", "4",
-    ])
+def sp_test_config(pos_embed: str, shard: bool, dp: int, sp: int, zero: int = 0, grad_clip: float = 0.0, ring: int = 1):
+    return load_config(
+        None,
+        [
+            "--model.pos_embed",
+            pos_embed,
+            "--model.shard_pos_embed",
+            str(shard).lower(),
+            "--parallel.dp",
+            str(dp),
+            "--parallel.sp",
+            str(sp),
+            "--parallel.ring",
+            str(ring),
+            "--parallel.launcher",
+            "local" if dp * sp > 1 else "single",
+            "--parallel.zero_stage",
+            str(zero),
+            "--optim.grad_clip",
+            str(grad_clip),
+            "--train.batch_size",
+            "4",
+        ],
+    )
 
 
-def one_step_versus_single_device(rank: int, dp: int, sp: int, variants: list[tuple[str, bool]],
-                                  ring: int = 1) -> list[dict]:
+def one_step_versus_single_device(
+    rank: int, dp: int, sp: int, variants: list[tuple[str, bool]], ring: int = 1
+) -> list[dict]:
     """Forward + backward of one batch through the DeepSpeed engine on a DP x SP mesh (SP = Ulysses
     sp / ring x ring attention over ``ring`` ranks).
 
@@ -65,8 +82,10 @@ def one_step_versus_single_device(rank: int, dp: int, sp: int, variants: list[tu
         def rel(a, b):
             return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
-        diffs = {"logits": rel(logits, ref_logits[mine].detach()),
-                 "loss": rel(loss, F.cross_entropy(ref_logits[mine], labels[mine]).detach())}
+        diffs = {
+            "logits": rel(logits, ref_logits[mine].detach()),
+            "loss": rel(loss, F.cross_entropy(ref_logits[mine], labels[mine]).detach()),
+        }
         for name, p in engine.module.named_parameters():
             if is_sharded(p):  # this rank's rows of the table
                 name, expected = "pos_embed.weight", ref_grads["pos_embed.weight"][lo:hi]
@@ -75,16 +94,32 @@ def one_step_versus_single_device(rank: int, dp: int, sp: int, variants: list[tu
                 expected = ref_grads[name]
             diffs[f"grad {name}"] = rel(p.grad, expected)
         full = consolidated_state_dict(engine.module, mesh)
-        diffs["consolidated state"] = max(rel(full[k], v) if v.abs().max() > 0 else float((full[k] - v).abs().max())
-                                          for k, v in reference.state_dict().items())
+        diffs["consolidated state"] = max(
+            rel(full[k], v) if v.abs().max() > 0 else float((full[k] - v).abs().max())
+            for k, v in reference.state_dict().items()
+        )
         report.append({"variant": f"{pos_embed}{' sharded' if shard else ''}", "diffs": diffs})
     return report
 
 
 def loss_curve(rank: int, overrides: list[str], out_dir: str) -> list[float]:
     """20 real training steps with the trainer every job uses; returns the global loss per step."""
-    cfg = load_config(None, ["--train.batch_size", "8", "--train.steps", "20", "--train.log_every", "10",
-                             "--optim.warmup_steps", "2", "--optim.lr", "3e-3", *overrides])
+    cfg = load_config(
+        None,
+        [
+            "--train.batch_size",
+            "8",
+            "--train.steps",
+            "20",
+            "--train.log_every",
+            "10",
+            "--optim.warmup_steps",
+            "2",
+            "--optim.lr",
+            "3e-3",
+            *overrides,
+        ],
+    )
     mesh = Mesh(ParallelDims.from_config(cfg.parallel))
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -105,8 +140,16 @@ def batch_ids(rank: int, dp: int, sp: int, steps: int) -> list[list[int]]:
     return [np.asarray(batches(s).ids).tolist() for s in range(steps)]
 
 
-def comm_runs(rank: int, dp: int, sp: int, zero: int, variants: list[str], out_dir: str, ring: int = 1,
-              overrides: tuple[str, ...] = ()) -> list[str]:
+def comm_runs(
+    rank: int,
+    dp: int,
+    sp: int,
+    zero: int,
+    variants: list[str],
+    out_dir: str,
+    ring: int = 1,
+    overrides: tuple[str, ...] = (),
+) -> list[str]:
     """Train each PE variant for 2 steps with the ledger and both cross-check counters on.
 
     Built exactly as `pitdist comm-report` builds its runs; returns the run directories.
@@ -115,8 +158,16 @@ def comm_runs(rank: int, dp: int, sp: int, zero: int, variants: list[str], out_d
 
     run_dirs = []
     for variant in variants:
-        cfg = variant_config(None, ["--parallel.zero_stage", str(zero), "--train.batch_size", "8", *overrides],
-                             variant, dp, sp, 2, Path(out_dir), ring=ring)
+        cfg = variant_config(
+            None,
+            ["--parallel.zero_stage", str(zero), "--train.batch_size", "8", *overrides],
+            variant,
+            dp,
+            sp,
+            2,
+            Path(out_dir),
+            ring=ring,
+        )
         run_dir = Path(out_dir) / f"{variant}-q{dp}p{sp}r{ring}z{zero}"
         run_dir.mkdir(parents=True, exist_ok=True)
         train(cfg, Mesh(ParallelDims(dp, sp, ring)), torch.device("cpu"), run_dir)

@@ -10,9 +10,30 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.mark.slow
 def test_tiny_grid_trains_every_cell_for_every_seed_at_the_same_budget(pitdist_cli, tmp_path):
     out = tmp_path / "acc.json"
-    proc = pitdist_cli("bench", "accuracy", "--dataset", "synthetic:8x8x1:96", "--patches", "1,2,4", "--pe",
-                       "none,learned", "--seeds", "0,1", "--steps", "2", "--batch-size", "8", "--model.depth", "1",
-                       "--val-fraction", "0.25", "--out", str(out), timeout=300, check=True)
+    proc = pitdist_cli(
+        "bench",
+        "accuracy",
+        "--dataset",
+        "synthetic:8x8x1:96",
+        "--patches",
+        "1,2,4",
+        "--pe",
+        "none,learned",
+        "--seeds",
+        "0,1",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--model.depth",
+        "1",
+        "--val-fraction",
+        "0.25",
+        "--out",
+        str(out),
+        timeout=300,
+        check=True,
+    )
     report = json.loads(out.read_text())
     assert report["complete"] and out.with_suffix(".png").read_bytes()[:8] == PNG
     assert report["budget"]["images"] == 16 and report["val_images"] == 24
@@ -34,12 +55,14 @@ def test_tiny_grid_trains_every_cell_for_every_seed_at_the_same_budget(pitdist_c
     assert none[0]["final_loss"] != none[1]["final_loss"]
     assert "PiT p=1 learned" in proc.stdout and "mean acc" in proc.stdout
     # --from-json redraws a run's table and plot without training (for a run cut short).
-    again = pitdist_cli("bench", "accuracy", "--from-json", str(out), "--plot", str(tmp_path / "again.png"),
-                        timeout=120, check=True)
+    again = pitdist_cli(
+        "bench", "accuracy", "--from-json", str(out), "--plot", str(tmp_path / "again.png"), timeout=120, check=True
+    )
+
     def table(text):  # training runs print DeepSpeed's messages first
         lines = text.splitlines()
         start = next(i for i, line in enumerate(lines) if line.startswith("pitdist bench accuracy:"))
-        return lines[start:start + 6]
+        return lines[start : start + 6]
 
     assert table(again.stdout) == table(proc.stdout)
     assert (tmp_path / "again.png").read_bytes()[:8] == PNG
@@ -47,8 +70,9 @@ def test_tiny_grid_trains_every_cell_for_every_seed_at_the_same_budget(pitdist_c
 
 def test_a_patch_that_does_not_divide_the_image_is_refused_before_training(pitdist_cli, tmp_path):
     out = tmp_path / "acc.json"
-    proc = pitdist_cli("bench", "accuracy", "--dataset", "synthetic:8x8x1:32", "--patches", "1,3", "--out", str(out),
-                       timeout=120)
+    proc = pitdist_cli(
+        "bench", "accuracy", "--dataset", "synthetic:8x8x1:32", "--patches", "1,3", "--out", str(out), timeout=120
+    )
     assert proc.returncode == 2 and "ViT p=3" in proc.stderr
     assert not out.exists()
 

@@ -8,9 +8,32 @@ import pytest
 @pytest.mark.slow
 def test_tiny_bench_data_writes_json(pitdist_cli, tmp_path):
     out = tmp_path / "bench.json"
-    proc = pitdist_cli("bench", "data", "--sizes", "8x8x1,16x16x3", "--rows", "600", "--fashion-mnist", "",
-                       "--batch-size", "128", "--train-steps", "1", "--train-batch", "2", "--train-max-tokens", "64",
-                       "--model.depth", "1", "--work-dir", str(tmp_path), "--out", str(out), timeout=300, check=True)
+    proc = pitdist_cli(
+        "bench",
+        "data",
+        "--sizes",
+        "8x8x1,16x16x3",
+        "--rows",
+        "600",
+        "--fashion-mnist",
+        "",
+        "--batch-size",
+        "128",
+        "--train-steps",
+        "1",
+        "--train-batch",
+        "2",
+        "--train-max-tokens",
+        "64",
+        "--model.depth",
+        "1",
+        "--work-dir",
+        str(tmp_path),
+        "--out",
+        str(out),
+        timeout=300,
+        check=True,
+    )
     report = json.loads(out.read_text())
     assert [r["shape"] for r in report["sizes"]] == [[8, 8, 1], [16, 16, 3]]
     for row in report["sizes"]:

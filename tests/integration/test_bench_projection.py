@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from pitdist.report.comm_model import step_traffic
 from pitdist.config import ModelConfig
+from pitdist.report.comm_model import step_traffic
 
 
 def test_projection_writes_json_and_plot_and_matches_the_comm_model(pitdist_cli, tmp_path):
@@ -23,16 +23,16 @@ def test_projection_writes_json_and_plot_and_matches_the_comm_model(pitdist_cli,
     assert b["attention_bytes"] == pytest.approx(18 * nde)
     assert b["pe_replicated_bytes"] == pytest.approx(2 * nde * 63 / 64)
     # Sharded with the tokens, the table's gradient goes over the 16 DP ranks only, (N/4) rows each.
-    direct = step_traffic(ModelConfig(size="base", pos_embed="learned", shard_pos_embed=True), (224, 224, 3), 1000,
-                          16, 16, 4, 2, 0.0, 2)
+    direct = step_traffic(
+        ModelConfig(size="base", pos_embed="learned", shard_pos_embed=True), (224, 224, 3), 1000, 16, 16, 4, 2, 0.0, 2
+    )
     assert b["pe_sharded_bytes"] == pytest.approx(direct["pe_grad_reduce"].sent + direct["pe_param_gather"].sent)
     assert b["pe_sharded_bytes"] < b["pe_replicated_bytes"] / 2
     # PiT-T's 3 heads: no Ulysses at P = 2, 4, 8 -- the projection uses a ring there.
     assert rows[("tiny", 8, 2)]["scheme"] == "ring 2" and rows[("tiny", 8, 8)]["ring"] == 8
     # Memory: activations grow with the tokens; PiT-B 512x512 does not fit one 24 GB GPU without SP.
     mem = {(r["size"], r["side"]): r for r in report["memory"]}
-    assert mem[("base", 512)]["activation_bytes_per_image"] == pytest.approx(
-        16.1 * 512 * 512 * 768 * 12 * 2)
+    assert mem[("base", 512)]["activation_bytes_per_image"] == pytest.approx(16.1 * 512 * 512 * 768 * 12 * 2)
     assert mem[("base", 512)]["min_sp"]["24.0"] > 1 and mem[("tiny", 224)]["min_sp"]["80.0"] == 1
     assert "ulysses 4" in proc.stdout and "Activation memory per image" in proc.stdout
 

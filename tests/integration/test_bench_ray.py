@@ -9,8 +9,20 @@ pytestmark = pytest.mark.slow
 
 def test_bench_ray_compares_the_launchers(pitdist_cli, tmp_path):
     out = tmp_path / "bench.json"
-    proc = pitdist_cli("bench", "ray", "--steps", "6", "--repeats", "1", "--out", str(out), "--train.batch_size", "8",
-                       timeout=900, check=True)
+    proc = pitdist_cli(
+        "bench",
+        "ray",
+        "--steps",
+        "6",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
+        "--train.batch_size",
+        "8",
+        timeout=900,
+        check=True,
+    )
     report = json.loads(out.read_text())
     assert set(report["summary"]) == {"local", "ray / memory", "ray / ray_data"}
     for name, s in report["summary"].items():

@@ -4,8 +4,24 @@ import json
 
 import pytest
 
-TINY = ("bench", "ring", "--model.dim", "64", "--model.depth", "2", "--sp", "2,4", "--side", "8",
-        "--warmup", "1", "--steps", "2", "--project-sides", "224")
+TINY = (
+    "bench",
+    "ring",
+    "--model.dim",
+    "64",
+    "--model.depth",
+    "2",
+    "--sp",
+    "2,4",
+    "--side",
+    "8",
+    "--warmup",
+    "1",
+    "--steps",
+    "2",
+    "--project-sides",
+    "224",
+)
 
 
 @pytest.mark.slow
@@ -26,14 +42,22 @@ def test_tiny_bench_writes_json_and_plot_with_every_scheme_measured_as_modelled(
         assert ("attention_ring" in r["by_category_rank0"]) == (ring > 1)
         assert ("attention_a2a" in r["by_category_rank0"]) == (ring < p)
     # The ring sends more than Ulysses at the same P: (3R-2) K+V blocks against 8 (U-1)/U^2 shards.
-    assert rows[(4, 4)]["attention_sent_bytes"] > rows[(4, 2)]["attention_sent_bytes"] > rows[(4, 1)]["attention_sent_bytes"]
+    assert (
+        rows[(4, 4)]["attention_sent_bytes"]
+        > rows[(4, 2)]["attention_sent_bytes"]
+        > rows[(4, 1)]["attention_sent_bytes"]
+    )
     # Same image, same weights: every scheme computes the same loss.
     losses = [r["losses_rank0"][0] for r in rows.values()]
     assert max(losses) - min(losses) < 1e-5
 
     proj = report["projection"]
     assert {r["side"] for r in proj} == {224} and all(r["world"] == 64 for r in proj)
-    assert {(r["sp"], r["ulysses"], r["ring"]) for r in proj if r["sp"] == 64} == {(64, 4, 16), (64, 2, 32), (64, 1, 64)}
+    assert {(r["sp"], r["ulysses"], r["ring"]) for r in proj if r["sp"] == 64} == {
+        (64, 4, 16),
+        (64, 2, 32),
+        (64, 1, 64),
+    }
     assert "Projected (analytical model)" in proc.stdout and "ulysses 2 x ring 2" in proc.stdout
 
 

@@ -4,10 +4,42 @@ import json
 
 import pytest
 
-TINY = ("bench", "sp", "--model.dim", "64", "--model.depth", "2", "--model.heads", "4", "--sp", "1,2",
-        "--image-size", "8", "--time-sizes", "8", "--warmup", "1", "--steps", "2",
-        "--cap-gib", "0.001", "--search-start", "8", "--search-max-side", "32",
-        "--big-side", "16", "--big-sp", "2", "--train-side", "8", "--train-sp", "2", "--train-steps", "2")
+TINY = (
+    "bench",
+    "sp",
+    "--model.dim",
+    "64",
+    "--model.depth",
+    "2",
+    "--model.heads",
+    "4",
+    "--sp",
+    "1,2",
+    "--image-size",
+    "8",
+    "--time-sizes",
+    "8",
+    "--warmup",
+    "1",
+    "--steps",
+    "2",
+    "--cap-gib",
+    "0.001",
+    "--search-start",
+    "8",
+    "--search-max-side",
+    "32",
+    "--big-side",
+    "16",
+    "--big-sp",
+    "2",
+    "--train-side",
+    "8",
+    "--train-sp",
+    "2",
+    "--train-steps",
+    "2",
+)
 
 
 @pytest.mark.slow
@@ -52,12 +84,15 @@ def test_tiny_bench_writes_json_and_plot_and_sp2_halves_saved_activations(pitdis
     assert "Activation memory per rank" in proc.stdout and "ratio to P=1" in proc.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--sp", "1,3"), "does not divide the model's 4 attention heads"),
-    (("--sp", "1,2", "--image-size", "9", "--parts", "memory"), "does not divide the 81 tokens"),
-    (("--sp", "2,4"), "must include 1"),
-    (("--train.steps", "3"), "takes only --model.KEY"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--sp", "1,3"), "does not divide the model's 4 attention heads"),
+        (("--sp", "1,2", "--image-size", "9", "--parts", "memory"), "does not divide the 81 tokens"),
+        (("--sp", "2,4"), "must include 1"),
+        (("--train.steps", "3"), "takes only --model.KEY"),
+    ],
+)
 def test_bad_options_fail_clearly_before_any_rank_starts(pitdist_cli, tmp_path, args, message):
     out = tmp_path / "bench.json"
     proc = pitdist_cli("bench", "sp", "--model.dim", "64", "--model.depth", "2", *args, "--out", str(out), timeout=120)

@@ -8,8 +8,24 @@ import pytest
 @pytest.mark.slow
 def test_tiny_split_adds_up_to_the_step_and_counts_all_to_all_only_with_sp(pitdist_cli, tmp_path):
     out = tmp_path / "st.json"
-    proc = pitdist_cli("bench", "steptime", "--sp", "1,2", "--dataset", "synthetic:8x8x1:64", "--steps", "3",
-                       "--warmup", "1", "--model.depth", "1", "--out", str(out), timeout=400, check=True)
+    proc = pitdist_cli(
+        "bench",
+        "steptime",
+        "--sp",
+        "1,2",
+        "--dataset",
+        "synthetic:8x8x1:64",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--model.depth",
+        "1",
+        "--out",
+        str(out),
+        timeout=400,
+        check=True,
+    )
     report = json.loads(out.read_text())
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = {r["sp"]: r for r in report["rows"]}
@@ -27,5 +43,7 @@ def test_tiny_split_adds_up_to_the_step_and_counts_all_to_all_only_with_sp(pitdi
 
 
 def test_warmup_must_leave_timed_steps(pitdist_cli, tmp_path):
-    proc = pitdist_cli("bench", "steptime", "--steps", "2", "--warmup", "2", "--out", str(tmp_path / "s.json"), timeout=60)
+    proc = pitdist_cli(
+        "bench", "steptime", "--steps", "2", "--warmup", "2", "--out", str(tmp_path / "s.json"), timeout=60
+    )
     assert proc.returncode == 2 and "need 0 <= warmup < steps" in proc.stderr

@@ -46,8 +46,9 @@ class Node:
 
     def __init__(self, name: str, argv: list[str], env: dict, log: Path):
         self.name, self.log = name, log
-        self.proc = subprocess.Popen(argv, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
+        )
         self.seen: dict[int, float] = {}
         self.peak = {"rss": 0, "pss": 0}
         self.peak_procs: list[tuple[int, str]] = []  # (PSS, what) at the tree's peak PSS
@@ -112,25 +113,60 @@ def cluster(tmp_path_factory):
     assert len(str(base)) < 45, f"{base}: too long for Ray's unix socket paths (~107 chars with the session)"
     token = base / "token"
     token.write_text(secrets.token_hex(32))
-    head_ports = dict(zip(["RAY_PORT", "DASHBOARD_PORT", "CLIENT_SERVER_PORT", "METRICS_EXPORT_PORT",
-                           "AGENT_LISTEN_PORT", "AGENT_GRPC_PORT", "RUNTIME_ENV_AGENT_PORT",
-                           "OBJECT_MANAGER_PORT", "NODE_MANAGER_PORT"], ray_ports(9)))
-    worker_ports = dict(zip(["METRICS_EXPORT_PORT", "AGENT_LISTEN_PORT", "AGENT_GRPC_PORT",
-                             "RUNTIME_ENV_AGENT_PORT", "OBJECT_MANAGER_PORT", "NODE_MANAGER_PORT"], ray_ports(6)))
+    head_ports = dict(
+        zip(
+            [
+                "RAY_PORT",
+                "DASHBOARD_PORT",
+                "CLIENT_SERVER_PORT",
+                "METRICS_EXPORT_PORT",
+                "AGENT_LISTEN_PORT",
+                "AGENT_GRPC_PORT",
+                "RUNTIME_ENV_AGENT_PORT",
+                "OBJECT_MANAGER_PORT",
+                "NODE_MANAGER_PORT",
+            ],
+            ray_ports(9),
+        )
+    )
+    worker_ports = dict(
+        zip(
+            [
+                "METRICS_EXPORT_PORT",
+                "AGENT_LISTEN_PORT",
+                "AGENT_GRPC_PORT",
+                "RUNTIME_ENV_AGENT_PORT",
+                "OBJECT_MANAGER_PORT",
+                "NODE_MANAGER_PORT",
+            ],
+            ray_ports(6),
+        )
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PITDIST_"))}
     # Like a CPU cluster image: pitdist on PATH, DeepSpeed told it is on CPU, one token for all nodes.
     # (Every pitdist process puts its interpreter's directory first on PATH itself, so DeepSpeed's op
     # build always uses the venv's ninja: see pitdist.distributed.comm.use_interpreter_tools.)
-    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", DS_ACCELERATOR="cpu",
-               RAY_AUTH_TOKEN_PATH=str(token), PITDIST_NODE_IP="127.0.0.1",
-               # One logical CPU per node: the two ranks of an SP=2 job cannot both fit on one node.
-               PITDIST_NUM_CPUS="1", PITDIST_OBJECT_STORE_MEMORY=str(200 * 2**20))
+    env.update(
+        PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
+        DS_ACCELERATOR="cpu",
+        RAY_AUTH_TOKEN_PATH=str(token),
+        PITDIST_NODE_IP="127.0.0.1",
+        # One logical CPU per node: the two ranks of an SP=2 job cannot both fit on one node.
+        PITDIST_NUM_CPUS="1",
+        PITDIST_OBJECT_STORE_MEMORY=str(200 * 2**20),
+    )
     head_env = dict(env, PITDIST_TEMP_DIR=str(base / "h"), **{f"PITDIST_{k}": str(v) for k, v in head_ports.items()})
-    worker_env = dict(env, PITDIST_TEMP_DIR=str(base / "w"), **{f"PITDIST_{k}": str(v) for k, v in worker_ports.items()})
+    worker_env = dict(
+        env, PITDIST_TEMP_DIR=str(base / "w"), **{f"PITDIST_{k}": str(v) for k, v in worker_ports.items()}
+    )
     start = time.monotonic()
     head = Node("head", [str(ROOT / "cluster/start-head.sh")], head_env, base / "head.log")
-    worker = Node("worker", [str(ROOT / "cluster/start-worker.sh"), f"127.0.0.1:{head_ports['RAY_PORT']}"],
-                  worker_env, base / "worker.log")
+    worker = Node(
+        "worker",
+        [str(ROOT / "cluster/start-worker.sh"), f"127.0.0.1:{head_ports['RAY_PORT']}"],
+        worker_env,
+        base / "worker.log",
+    )
     stop = threading.Event()
     peak_total = {"rss": 0, "pss": 0}
 
@@ -146,8 +182,13 @@ def cluster(tmp_path_factory):
         head.wait_started()
         worker.wait_started()
         print(f"\ncluster up in {time.monotonic() - start:.1f} s", flush=True)
-        yield {"address": f"http://127.0.0.1:{head_ports['DASHBOARD_PORT']}", "token": token,
-               "head": head, "worker": worker, "base": base}
+        yield {
+            "address": f"http://127.0.0.1:{head_ports['DASHBOARD_PORT']}",
+            "token": token,
+            "head": head,
+            "worker": worker,
+            "base": base,
+        }
     finally:
         stop.set()
         thread.join()
@@ -163,15 +204,20 @@ def cluster(tmp_path_factory):
                 n.proc.wait(10)
         gib = 2**30
         for k in ("pss", "rss"):
-            print(f"\npeak {k.upper()}: head tree {head.peak[k] / gib:.2f} GiB, worker tree "
-                  f"{worker.peak[k] / gib:.2f} GiB, both at once {peak_total[k] / gib:.2f} GiB", end="")
+            print(
+                f"\npeak {k.upper()}: head tree {head.peak[k] / gib:.2f} GiB, worker tree "
+                f"{worker.peak[k] / gib:.2f} GiB, both at once {peak_total[k] / gib:.2f} GiB",
+                end="",
+            )
         for n in (head, worker):
             top = ", ".join(f"{what} {pss / 2**20:.0f}" for pss, what in n.peak_procs[:10])
             more = f" (+{len(n.peak_procs) - 10} more)" if len(n.peak_procs) > 10 else ""
             print(f"\n{n.name} at its peak, MiB PSS: {top}{more}", end="")
-        print(f"\nalive after the stop, SIGKILLed: head {len(left['head'])}, worker {len(left['worker'])} "
-              f"processes (worker ones escaped stop-node.sh); cluster lifetime {time.monotonic() - start:.0f} s",
-              flush=True)
+        print(
+            f"\nalive after the stop, SIGKILLed: head {len(left['head'])}, worker {len(left['worker'])} "
+            f"processes (worker ones escaped stop-node.sh); cluster lifetime {time.monotonic() - start:.0f} s",
+            flush=True,
+        )
 
 
 def pitdist(cluster, *args, token: bool = True, timeout: float = 600, **env_overrides):
@@ -192,9 +238,24 @@ def job_id(proc) -> str:
 def test_submit_follow_runs_on_both_nodes(cluster, tmp_path):
     start = time.monotonic()
     # The token through Ray's own variable this time (no --token-file): submit turns token mode on.
-    proc = pitdist(cluster, "submit", "jobs/digits.toml", "--follow", "--dp", "1", "--sp", "2",
-                   "--train.steps", "5", "--train.evaluate", "false", "--train.output_dir", str(tmp_path / "runs"),
-                   token=False, RAY_AUTH_TOKEN_PATH=str(cluster["token"]))
+    proc = pitdist(
+        cluster,
+        "submit",
+        "jobs/digits.toml",
+        "--follow",
+        "--dp",
+        "1",
+        "--sp",
+        "2",
+        "--train.steps",
+        "5",
+        "--train.evaluate",
+        "false",
+        "--train.output_dir",
+        str(tmp_path / "runs"),
+        token=False,
+        RAY_AUTH_TOKEN_PATH=str(cluster["token"]),
+    )
     print(f"\nsubmit --follow: exit {proc.returncode} after {time.monotonic() - start:.1f} s")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     jid = job_id(proc)
@@ -211,15 +272,26 @@ def test_submit_follow_runs_on_both_nodes(cluster, tmp_path):
     run_dir = Path(logs.stdout.split("done: ")[1].splitlines()[0].split("| ")[-1])
     assert (run_dir / "result.json").is_file() and len(list((run_dir / "comm").glob("rank*.json"))) == 2
     pids = {rank: json.loads((run_dir / "workers" / f"rank{rank}.json").read_text())["pid"] for rank in (0, 1)}
-    owners = {rank: [n.name for n in (cluster["head"], cluster["worker"]) if pid in n.seen] for rank, pid in pids.items()}
+    owners = {
+        rank: [n.name for n in (cluster["head"], cluster["worker"]) if pid in n.seen] for rank, pid in pids.items()
+    }
     print(f"ranks by node: {owners}")
     assert sorted(sum(owners.values(), [])) == ["head", "worker"]
 
 
 def test_bad_config_fails_on_the_cluster_with_the_config_error(cluster, tmp_path):
     # --no-validate: the cluster, not this machine, has to find the mistake and say so in the logs.
-    proc = pitdist(cluster, "submit", "jobs/digits.toml", "--no-validate", "--follow", "--model.pos_embed", "bogus",
-                   "--train.output_dir", str(tmp_path / "runs"))
+    proc = pitdist(
+        cluster,
+        "submit",
+        "jobs/digits.toml",
+        "--no-validate",
+        "--follow",
+        "--model.pos_embed",
+        "bogus",
+        "--train.output_dir",
+        str(tmp_path / "runs"),
+    )
     assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-4000:]
     jid = job_id(proc)
     assert f"job {jid} FAILED" in proc.stdout
@@ -230,8 +302,9 @@ def test_bad_config_fails_on_the_cluster_with_the_config_error(cluster, tmp_path
 
 
 def test_stop_a_running_job(cluster, tmp_path):
-    proc = pitdist(cluster, "submit", "jobs/digits.toml", "--train.steps", "100000", "--train.output_dir",
-                   str(tmp_path / "runs"))
+    proc = pitdist(
+        cluster, "submit", "jobs/digits.toml", "--train.steps", "100000", "--train.output_dir", str(tmp_path / "runs")
+    )
     assert proc.returncode == 0, proc.stderr
     jid = job_id(proc)
     deadline = time.monotonic() + 300
@@ -249,8 +322,10 @@ def test_stop_a_running_job(cluster, tmp_path):
 def test_wrong_or_missing_token_is_refused_clearly(cluster, tmp_path):
     wrong = tmp_path / "wrong"
     wrong.write_text(secrets.token_hex(32))
-    for proc in (pitdist(cluster, "job", "list", "--token-file", str(wrong), token=False),
-                 pitdist(cluster, "job", "list", token=False)):
+    for proc in (
+        pitdist(cluster, "job", "list", "--token-file", str(wrong), token=False),
+        pitdist(cluster, "job", "list", token=False),
+    ):
         assert proc.returncode == 1, proc.stdout
         assert f"the Ray cluster at {cluster['address']} refused the request" in proc.stderr, proc.stderr
         assert "token" in proc.stderr

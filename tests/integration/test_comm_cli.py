@@ -9,8 +9,20 @@ import pytest
 @pytest.mark.slow
 def test_comm_report_measures_checks_and_writes_json_csv_png(pitdist_cli, tmp_path):
     out = tmp_path / "report"
-    proc = pitdist_cli("comm-report", "--sp", "2", "--variants", "none,learned", "--steps", "2",
-                       "--train.batch_size", "8", "--out", str(out), check=True)
+    proc = pitdist_cli(
+        "comm-report",
+        "--sp",
+        "2",
+        "--variants",
+        "none,learned",
+        "--steps",
+        "2",
+        "--train.batch_size",
+        "8",
+        "--out",
+        str(out),
+        check=True,
+    )
     assert "cross-check: ledger = DeepSpeed comms logger = c10d dispatch counter" in proc.stdout
     assert "learned: dp=1 sp=2" in proc.stdout and "vs none" in proc.stdout
     records = json.loads((out / "comm_report.json").read_text())["rows"]
@@ -24,8 +36,9 @@ def test_comm_report_measures_checks_and_writes_json_csv_png(pitdist_cli, tmp_pa
     # A finished run reads back to the same table.
     run_dirs = sorted(str(p) for p in (out / "runs").iterdir())
     again = pitdist_cli("comm-report", "--run", *run_dirs, "--out", str(tmp_path / "again"), check=True)
+
     def block(text, head):
-        return text[text.index(head):].split("\n\n")[0]
+        return text[text.index(head) :].split("\n\n")[0]
 
     for head in ("none: dp=1", "learned: dp=1"):
         assert block(proc.stdout, head) == block(again.stdout, head)

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,23 @@ from pitdist.data.registry import load_dataset
 @pytest.fixture(scope="module")
 def digits_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "digits"
-    proc = subprocess.run([sys.executable, "-m", "pitdist.cli", "data", "convert", "digits", "--out", str(out),
-                           "--rows-per-shard", "600"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pitdist.cli",
+            "data",
+            "convert",
+            "digits",
+            "--out",
+            str(out),
+            "--rows-per-shard",
+            "600",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"wrote {out}: 1797 images of 8x8x1, 10 classes" in proc.stdout
     assert "1797/1797" in proc.stderr  # the tqdm progress bar
@@ -38,7 +52,11 @@ def test_inspect_prints_schema_counts_histogram_and_writes_a_grid(pitdist_cli, d
 
 def test_convert_refuses_a_missing_source_and_an_existing_output(pitdist_cli, digits_dir, tmp_path):
     proc = pitdist_cli("data", "convert", "idx", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
-    assert proc.returncode == 2 and "pitdist data convert: error:" in proc.stderr and "nope: no such directory" in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "pitdist data convert: error:" in proc.stderr
+        and "nope: no such directory" in proc.stderr
+    )
     proc = pitdist_cli("data", "convert", "digits", "--out", str(digits_dir))
     assert proc.returncode == 2 and "already exists; choose another --out or pass --overwrite" in proc.stderr
     assert not (tmp_path / "o").exists()
@@ -46,8 +64,18 @@ def test_convert_refuses_a_missing_source_and_an_existing_output(pitdist_cli, di
 
 @pytest.mark.slow
 def test_train_on_a_converted_directory_with_sp2(pitdist_cli, digits_dir, tmp_path):
-    proc = pitdist_cli("train", "--data.dataset", str(digits_dir), "--train.steps", "5", "--sp", "2",
-                       "--train.output_dir", str(tmp_path), check=True)
+    proc = pitdist_cli(
+        "train",
+        "--data.dataset",
+        str(digits_dir),
+        "--train.steps",
+        "5",
+        "--sp",
+        "2",
+        "--train.output_dir",
+        str(tmp_path),
+        check=True,
+    )
     assert f"on {digits_dir}" in proc.stdout and "dp=1 x sp=2" in proc.stdout
     done = next(line for line in proc.stdout.splitlines() if line.startswith("done: "))
     result = json.loads((Path(done.split("| ")[-1]) / "result.json").read_text())
@@ -92,8 +120,11 @@ def test_a_killed_conversion_leaves_nothing_that_loads(pitdist_cli, tmp_path):
         proc.wait(timeout=30)
     assert not out.exists()
     (partial,) = tmp_path.glob(".ds.partial-*")
-    assert sorted(p.name for p in partial.iterdir()) == ["shard-00000.arrow", "shard-00001.arrow",
-                                                          "shard-00002.arrow.partial"]
+    assert sorted(p.name for p in partial.iterdir()) == [
+        "shard-00000.arrow",
+        "shard-00001.arrow",
+        "shard-00002.arrow.partial",
+    ]
     with pytest.raises(DataError, match="no manifest.json; not a pitdist dataset, or its conversion did not finish"):
         load_dataset(str(partial))
     with pytest.raises(DataError, match="no such directory"):

@@ -75,10 +75,13 @@ def free_pair() -> int:
 
 
 def run(argv: list, env: dict, timeout: float = 600, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(a) for a in argv], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout, **kw)
+    proc = subprocess.run(
+        [str(a) for a in argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kw
+    )
     if check:
-        assert proc.returncode == 0, f"{' '.join(map(str, argv))} -> {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        assert proc.returncode == 0, (
+            f"{' '.join(map(str, argv))} -> {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -97,10 +100,25 @@ def engine():
     tmp = Path(tempfile.mkdtemp(prefix="pdk-", dir="/tmp"))  # short: containerd's socket paths live here
     sock, log = tmp / "docker.sock", tmp / "dockerd.log"
     # Host networking only: no bridge, no iptables rules (nothing but 127.0.0.1 is used).
-    proc = subprocess.Popen([dockerd, "--data-root", CACHE / "engine", "--exec-root", tmp / "exec",
-                             "-p", tmp / "dockerd.pid", "-H", f"unix://{sock}", "--bridge=none",
-                             "--iptables=false", "--log-level=warn"],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            dockerd,
+            "--data-root",
+            CACHE / "engine",
+            "--exec-root",
+            tmp / "exec",
+            "-p",
+            tmp / "dockerd.pid",
+            "-H",
+            f"unix://{sock}",
+            "--bridge=none",
+            "--iptables=false",
+            "--log-level=warn",
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "HOSTNET_", "DOCKER_"))}
     env.update(DOCKER_HOST=f"unix://{sock}", PITDIST_DOCKER_CACHE=str(CACHE))
     seen: dict[int, float] = {}
@@ -148,10 +166,15 @@ def images(engine):
     seconds = time.monotonic() - start
     assert proc.returncode == 0, f"docker/build-offline.sh failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-3000:]}"
     context = re.search(r"Sending build context to Docker daemon\s+(\S+)", proc.stdout)
-    sizes = {tag: int(run([engine.docker, "image", "inspect", "--format", "{{.Size}}", tag], engine.env).stdout) / 1e9
-             for tag in ("pitdist-base:bookworm", "pitdist:latest", "pitdist-prometheus:latest")}
-    print(f"\nimages built in {seconds:.0f} s (build context {context and context.group(1)}): "
-          + ", ".join(f"{tag} {gb:.2f} GB" for tag, gb in sizes.items()), flush=True)
+    sizes = {
+        tag: int(run([engine.docker, "image", "inspect", "--format", "{{.Size}}", tag], engine.env).stdout) / 1e9
+        for tag in ("pitdist-base:bookworm", "pitdist:latest", "pitdist-prometheus:latest")
+    }
+    print(
+        f"\nimages built in {seconds:.0f} s (build context {context and context.group(1)}): "
+        + ", ".join(f"{tag} {gb:.2f} GB" for tag, gb in sizes.items()),
+        flush=True,
+    )
     print("".join(line + "\n" for line in proc.stdout.splitlines()[-3:]), end="", flush=True)  # time per image
     assert context, "no build context line in the build's output"
     # The .dockerignore keeps .venv (GBs), runs and data out of the context.
@@ -178,9 +201,14 @@ def cluster(engine, images, tmp_path_factory):
             logs = run([*compose, "logs", "--tail", "60"], env, check=False).stdout
             pytest.fail(f"compose up failed:\n{up.stdout[-2000:]}\n{up.stderr[-3000:]}\n{logs[-6000:]}")
         print(f"\ncompose up (head, worker, prometheus healthy) in {time.monotonic() - start:.1f} s", flush=True)
-        yield SimpleNamespace(compose=compose, env=env, token=token, start=start,
-                              address=f"http://127.0.0.1:{ports['HOSTNET_DASHBOARD_PORT']}",
-                              prometheus=f"http://127.0.0.1:{ports['HOSTNET_PROMETHEUS_PORT']}")
+        yield SimpleNamespace(
+            compose=compose,
+            env=env,
+            token=token,
+            start=start,
+            address=f"http://127.0.0.1:{ports['HOSTNET_DASHBOARD_PORT']}",
+            prometheus=f"http://127.0.0.1:{ports['HOSTNET_PROMETHEUS_PORT']}",
+        )
     finally:
         t0 = time.monotonic()
         down = run([*compose, "down", "-v", "--remove-orphans", "--timeout", "5"], env, timeout=300, check=False)
@@ -193,8 +221,14 @@ def cluster(engine, images, tmp_path_factory):
 def pitdist(*args, timeout: float = 900) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "pitdist.cli", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pitdist.cli", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def ledger_sent(run_dir: Path) -> dict[tuple[int, str, str, str], tuple[int, int]]:
@@ -213,15 +247,36 @@ def test_compose_cluster_runs_a_submitted_job_and_prometheus_sees_its_traffic(cl
     # The documented flow: convert data into the cluster's data volume, submit, follow.
     run([*exec_head, "pitdist", "data", "convert", "digits", "--out", "/var/lib/pitdist/data/digits"], cluster.env)
     exporter = free_pair()
-    submit = pitdist("submit", "jobs/digits.toml", "--address", cluster.address, "--token-file", cluster.token,
-                     "--follow", "--no-validate",  # the dataset exists only in the cluster's volume
-                     "--dp", "1", "--sp", "2", "--train.steps", STEPS, "--train.evaluate", "false",
-                     "--data.dataset", "/var/lib/pitdist/data/digits", "--train.output_dir", "/var/lib/pitdist/runs",
-                     # Each rank memory-maps the shards from the data volume in its own container; Ray
-                     # Data's read tasks would need a CPU beyond the one per container the ranks take.
-                     "--data.loader", "memory",
-                     "--metrics.prometheus_port", exporter,
-                     "--metrics.prometheus_sd_dir", "/var/lib/pitdist/prometheus-targets")
+    submit = pitdist(
+        "submit",
+        "jobs/digits.toml",
+        "--address",
+        cluster.address,
+        "--token-file",
+        cluster.token,
+        "--follow",
+        "--no-validate",  # the dataset exists only in the cluster's volume
+        "--dp",
+        "1",
+        "--sp",
+        "2",
+        "--train.steps",
+        STEPS,
+        "--train.evaluate",
+        "false",
+        "--data.dataset",
+        "/var/lib/pitdist/data/digits",
+        "--train.output_dir",
+        "/var/lib/pitdist/runs",
+        # Each rank memory-maps the shards from the data volume in its own container; Ray
+        # Data's read tasks would need a CPU beyond the one per container the ranks take.
+        "--data.loader",
+        "memory",
+        "--metrics.prometheus_port",
+        exporter,
+        "--metrics.prometheus_sd_dir",
+        "/var/lib/pitdist/prometheus-targets",
+    )
     job_seconds = time.monotonic() - cluster.start
     assert submit.returncode == 0, submit.stdout[-5000:] + submit.stderr[-3000:]
     jid = re.search(r"submitted job (\S+)", submit.stdout).group(1)
@@ -252,8 +307,11 @@ def test_compose_cluster_runs_a_submitted_job_and_prometheus_sees_its_traffic(cl
     assert scraped == ledger, f"Prometheus:\n{scraped}\nledger:\n{ledger}"
     a2a = sum(sent for (_, _, category, _), (_, sent) in ledger.items() if category == "attention_a2a")
     total = sum(sent for _, sent in ledger.values())
-    print(f"Prometheus = ledger: {total / 2**20:.1f} MiB sent by the 2 ranks, {a2a / 2**20:.1f} MiB in "
-          f"Ulysses all-to-alls", flush=True)
+    print(
+        f"Prometheus = ledger: {total / 2**20:.1f} MiB sent by the 2 ranks, {a2a / 2**20:.1f} MiB in "
+        f"Ulysses all-to-alls",
+        flush=True,
+    )
     assert a2a > 0
 
     # Ray's own metrics reach the same Prometheus (via the head's service-discovery file): both nodes.

@@ -80,13 +80,26 @@ def test_committed_dashboard_is_the_generators_output():
     committed = (GRAFANA / "dashboards" / "pitdist.json").read_text()
     assert committed == dashboard.render(), (
         "cluster/grafana/dashboards/pitdist.json is stale: "
-        "python -m pitdist.report.dashboard > cluster/grafana/dashboards/pitdist.json")
+        "python -m pitdist.report.dashboard > cluster/grafana/dashboards/pitdist.json"
+    )
     board = json.loads(committed)
-    assert [link["url"] for link in board["links"]] == ["/d/rayDefaultDashboard", "/d/rayTrainDashboard",
-                                                         "/d/rayDataDashboard"]
+    assert [link["url"] for link in board["links"]] == [
+        "/d/rayDefaultDashboard",
+        "/d/rayTrainDashboard",
+        "/d/rayDataDashboard",
+    ]
     titles = " | ".join(p["title"] for p in board["panels"])
-    for needed in ("by cause", "PE variant", "all-to-all vs gradient", "imbalance", "Images per second", "Loss",
-                   "MFU", "Data-loader wait", "Memory"):
+    for needed in (
+        "by cause",
+        "PE variant",
+        "all-to-all vs gradient",
+        "imbalance",
+        "Images per second",
+        "Loss",
+        "MFU",
+        "Data-loader wait",
+        "Memory",
+    ):
         assert needed in titles
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
@@ -111,7 +124,10 @@ def scrape_config(tmp: Path) -> Path:
     """cluster/prometheus/prometheus.yml with a 1 s scrape and its discovery files under ``tmp``."""
     cfg = yaml.safe_load(PROMETHEUS_YML.read_text())
     cfg["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    files = {"pitdist": str(tmp / "targets" / "*.json"), "ray": str(tmp / "ray" / "prom_metrics_service_discovery.json")}
+    files = {
+        "pitdist": str(tmp / "targets" / "*.json"),
+        "ray": str(tmp / "ray" / "prom_metrics_service_discovery.json"),
+    }
     for job in cfg["scrape_configs"]:
         job["file_sd_configs"] = [{"files": [files[job["job_name"]]]}]
     (tmp / "targets").mkdir()
@@ -129,9 +145,17 @@ def prometheus_server(tmp_path_factory):
     port = free_base(1)
     url = f"http://127.0.0.1:{port}"
     log = (tmp / "prometheus.log").open("w")
-    proc = subprocess.Popen([binary("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            binary("prometheus"),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -162,11 +186,34 @@ def runs(prometheus_server):
     for variant in VARIANTS:
         base = free_base(2)
         output_dir = prometheus_server.tmp / "runs" / variant
-        cmd = [sys.executable, "-m", "pitdist.cli", "train", "--launcher", "local", "--sp", "2",
-               "--name", f"prom-{variant}", "--model.pos_embed", variant, "--train.steps", str(STEPS),
-               "--train.log_every", "20", "--train.output_dir", str(output_dir),
-               "--metrics.prometheus_port", str(base), "--metrics.prometheus_sd_dir", str(prometheus_server.targets),
-               "--metrics.prometheus_linger_s", "60", "--metrics.peak_tflops", "0.05"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pitdist.cli",
+            "train",
+            "--launcher",
+            "local",
+            "--sp",
+            "2",
+            "--name",
+            f"prom-{variant}",
+            "--model.pos_embed",
+            variant,
+            "--train.steps",
+            str(STEPS),
+            "--train.log_every",
+            "20",
+            "--train.output_dir",
+            str(output_dir),
+            "--metrics.prometheus_port",
+            str(base),
+            "--metrics.prometheus_sd_dir",
+            str(prometheus_server.targets),
+            "--metrics.prometheus_linger_s",
+            "60",
+            "--metrics.peak_tflops",
+            "0.05",
+        ]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
         assert "no scrape of" not in proc.stderr, proc.stderr  # every rank's final values were collected
@@ -181,7 +228,8 @@ def ledger_totals(run_dir: Path) -> dict[tuple[int, str, str, str], Totals]:
     for record in load_run(run_dir)["ranks"]:
         for r in record["rows"]:
             out[(record["rank"], r["phase"], r["category"], r["op"])].add(
-                Totals(r["count"], r["handed_bytes"], r["sent_bytes"], r["seconds"]))
+                Totals(r["count"], r["handed_bytes"], r["sent_bytes"], r["seconds"])
+            )
     return dict(out)
 
 
@@ -234,10 +282,32 @@ def test_scraped_comm_counters_equal_the_ledger(prometheus_server, runs, variant
 def test_ray_train_workers_export_the_ledger_too(prometheus_server):
     """Ranks as Ray Train workers (embedded cluster, Ray Data loader), sharded learned table."""
     output_dir = prometheus_server.tmp / "runs" / "ray"
-    cmd = [sys.executable, "-m", "pitdist.cli", "train", "--launcher", "ray", "--sp", "2", "--name", "prom-ray",
-           "--model.pos_embed", "learned", "--model.shard_pos_embed", "true", "--train.steps", "20",
-           "--train.output_dir", str(output_dir), "--metrics.prometheus_port", str(free_base(2)),
-           "--metrics.prometheus_sd_dir", str(prometheus_server.targets), "--metrics.prometheus_linger_s", "60"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pitdist.cli",
+        "train",
+        "--launcher",
+        "ray",
+        "--sp",
+        "2",
+        "--name",
+        "prom-ray",
+        "--model.pos_embed",
+        "learned",
+        "--model.shard_pos_embed",
+        "true",
+        "--train.steps",
+        "20",
+        "--train.output_dir",
+        str(output_dir),
+        "--metrics.prometheus_port",
+        str(free_base(2)),
+        "--metrics.prometheus_sd_dir",
+        str(prometheus_server.targets),
+        "--metrics.prometheus_linger_s",
+        "60",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
     assert "no scrape of" not in proc.stdout + proc.stderr
@@ -272,6 +342,7 @@ def test_comm_report_reads_the_same_table_from_prometheus(prometheus_server, run
         live, files = live_summary(prometheus_server.url, run_dir.name), summarize(load_run(run_dir))
         assert live["variant"] == files["variant"] and (live["dp"], live["sp"]) == (files["dp"], files["sp"])
         for live_rows, file_rows in zip(live["rows"], files["rows"], strict=True):
+
             def measured(rows):
                 return {r.category: (r.count, r.handed, r.sent) for r in rows if r.count or r.handed}
 

@@ -35,8 +35,9 @@ def test_ray_batches_equal_the_local_dataset_in_order(ray_local, tmp_path):
     ds, shape, names = ray_dataset(root)
     assert shape == (8, 8, 1) and names == [str(i) for i in range(10)]
     batches = list(iter_pixel_batches(ds, shape, 256))
-    assert all(p.dtype == np.uint8 and p.shape[1:] == (8, 8, 1) and len(p) == len(i) == len(l)
-               for p, i, l in batches)
+    assert all(
+        p.dtype == np.uint8 and p.shape[1:] == (8, 8, 1) and len(p) == len(i) == len(lab) for p, i, lab in batches
+    )
     pixels, ids, labels = (np.concatenate(parts) for parts in zip(*batches))
     local = load_dataset(str(root))
     assert np.array_equal(ids, local.ids)  # preserve_order: shard order, row order

@@ -45,8 +45,22 @@ def step_ids(path: Path, rank: int = 0) -> dict[int, list[int]]:
 @pytest.mark.parametrize("dp, sp", [(1, 2), (2, 2)], ids=["1x2", "2x2"])
 def test_ray_run_gives_the_local_launchers_losses(pitdist_cli, tmp_path, dp, sp):
     # Same loader (memory-mapped, batches indexed by step) on both launchers: the same numbers.
-    args = ("train", "--dp", str(dp), "--sp", str(sp), "--train.steps", "8", "--model.pos_embed", "learned",
-            "--model.shard_pos_embed", "true", "--data.loader", "memory", "--train.output_dir")
+    args = (
+        "train",
+        "--dp",
+        str(dp),
+        "--sp",
+        str(sp),
+        "--train.steps",
+        "8",
+        "--model.pos_embed",
+        "learned",
+        "--model.shard_pos_embed",
+        "true",
+        "--data.loader",
+        "memory",
+        "--train.output_dir",
+    )
     ray = run_dir(pitdist_cli(*args, str(tmp_path / "ray"), "--launcher", "ray", check=True))
     local = run_dir(pitdist_cli(*args, str(tmp_path / "local"), "--launcher", "local", check=True))
     assert len(result(ray)["losses"]) == 8
@@ -56,8 +70,22 @@ def test_ray_run_gives_the_local_launchers_losses(pitdist_cli, tmp_path, dp, sp)
 
 def test_ray_data_q2_p2_epoch_gives_every_image_once_and_sp_ranks_agree(pitdist_cli, tmp_path):
     # digits: 1438 training images; 4 workers of 8 images per step -> 359 rows each -> 44 steps per epoch.
-    proc = pitdist_cli("train", "--launcher", "ray", "--dp", "2", "--sp", "2", "--train.steps", "46",
-                       "--train.evaluate", "false", "--train.output_dir", str(tmp_path), check=True)
+    proc = pitdist_cli(
+        "train",
+        "--launcher",
+        "ray",
+        "--dp",
+        "2",
+        "--sp",
+        "2",
+        "--train.steps",
+        "46",
+        "--train.evaluate",
+        "false",
+        "--train.output_dir",
+        str(tmp_path),
+        check=True,
+    )
     path = run_dir(proc)
     report = audit(path, dp=2, sp=2)
     assert report.ok, report.problems
@@ -104,14 +132,30 @@ def uninterrupted(tmp_path_factory):
     return run_dir(proc), out
 
 
-FAULT_ARGS = ("train", "--launcher", "ray", "--sp", "2", "--train.steps", "30", "--train.batch_size", "64",
-              "--train.checkpoint_every", "5", "--train.keep_checkpoints", "0", "--train.evaluate", "false")
+FAULT_ARGS = (
+    "train",
+    "--launcher",
+    "ray",
+    "--sp",
+    "2",
+    "--train.steps",
+    "30",
+    "--train.batch_size",
+    "64",
+    "--train.checkpoint_every",
+    "5",
+    "--train.keep_checkpoints",
+    "0",
+    "--train.evaluate",
+    "false",
+)
 
 
 def cli(*args, timeout=900):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "pitdist.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pitdist.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def ray_checkpoint(out: Path, step: int) -> Path:
@@ -133,9 +177,23 @@ def test_resumed_ray_run_continues_mid_epoch_with_the_same_images_and_losses(uni
 def test_killed_worker_is_restored_from_its_checkpoint_and_finishes_the_same(uninterrupted, tmp_path):
     first, _ = uninterrupted
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "pitdist.cli", *FAULT_ARGS, "--train.output_dir", str(tmp_path),
-                             "--train.max_failures", "1"], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pitdist.cli",
+            *FAULT_ARGS,
+            "--train.output_dir",
+            str(tmp_path),
+            "--train.max_failures",
+            "1",
+        ],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         # Wait until rank 1 is past the checkpoint of step 10, then kill its process.
         deadline = time.monotonic() + 600

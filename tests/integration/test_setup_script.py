@@ -12,8 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 COMPILERS = ("c++", "g++", "gcc", "cc", "clang", "clang++")
 
@@ -21,14 +19,18 @@ COMPILERS = ("c++", "g++", "gcc", "cc", "clang", "clang++")
 def setup_env(tmp_path: Path, path: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("CXX", "CC")}
     # The interpreter .venv was made from (a venv's own python has no ensurepip to offer set-up).
-    env.update(PATH=path, PYTHON=os.path.realpath(sys._base_executable),
-               TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_extensions"))
+    env.update(
+        PATH=path,
+        PYTHON=os.path.realpath(sys._base_executable),
+        TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_extensions"),
+    )
     return env
 
 
 def run_setup(env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "scripts/setup.sh", "--test"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        ["bash", "scripts/setup.sh", "--test"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def built_ops(tmp_path: Path) -> list[Path]:
@@ -42,8 +44,12 @@ def test_setup_without_a_compiler_stops_and_names_the_debian_packages(tmp_path):
     for directory in os.environ["PATH"].split(os.pathsep):
         for exe in Path(directory).glob("*") if Path(directory).is_dir() else ():
             name = exe.name
-            if (name in COMPILERS or name.startswith(("x86_64-linux-gnu-", "aarch64-linux-gnu-"))
-                    or name.startswith("apt") or (hidden / name).exists()):
+            if (
+                name in COMPILERS
+                or name.startswith(("x86_64-linux-gnu-", "aarch64-linux-gnu-"))
+                or name.startswith("apt")
+                or (hidden / name).exists()
+            ):
                 continue
             (hidden / name).symlink_to(exe)
     proc = run_setup(setup_env(tmp_path, str(hidden)))

@@ -27,8 +27,19 @@ def test_the_default_job_learns_digits_and_reports_its_communication(pitdist_cli
 
 
 def test_same_seed_same_losses_other_seed_other_losses(pitdist_cli, tmp_path):
-    args = ("train", "--sp", "1", "--launcher", "single", "--train.output_dir", str(tmp_path), "--train.steps", "12",
-            "--model.pos_embed", "learned")
+    args = (
+        "train",
+        "--sp",
+        "1",
+        "--launcher",
+        "single",
+        "--train.output_dir",
+        str(tmp_path),
+        "--train.steps",
+        "12",
+        "--model.pos_embed",
+        "learned",
+    )
     first = result_of(pitdist_cli(*args, check=True))["losses"]
     second = result_of(pitdist_cli(*args, check=True))["losses"]
     other = result_of(pitdist_cli(*args, "--train.seed", "1", check=True))["losses"]
@@ -47,11 +58,16 @@ def test_bad_config_exits_2_and_writes_nothing(pitdist_cli, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--sp", "3", "--train.batch_size", "30"], "parallel.sp = 3 does not divide the model's 4 attention heads (Ulysses gives each SP rank "
-                        "whole heads); valid sp for this model and image: [1, 2, 4]"),
-        (["--sp", "8", "--model.heads", "8", "--model.patch_size", "4"],
-         "parallel.sp = 8 does not divide the 4 tokens of an image (DeepSpeed Ulysses would silently compute "
-         "wrong attention, DeepSpeed issue 7384); valid sp: [1, 2, 4]"),
+        (
+            ["--sp", "3", "--train.batch_size", "30"],
+            "parallel.sp = 3 does not divide the model's 4 attention heads (Ulysses gives each SP rank "
+            "whole heads); valid sp for this model and image: [1, 2, 4]",
+        ),
+        (
+            ["--sp", "8", "--model.heads", "8", "--model.patch_size", "4"],
+            "parallel.sp = 8 does not divide the 4 tokens of an image (DeepSpeed Ulysses would silently compute "
+            "wrong attention, DeepSpeed issue 7384); valid sp: [1, 2, 4]",
+        ),
         (["--sp", "2", "--launcher", "single"], "parallel.launcher: 'single' runs one process but dp * sp = 2"),
         (["--resume", "/nonexistent/checkpoints"], "train.resume: /nonexistent/checkpoints holds no checkpoint"),
     ],
@@ -67,7 +83,17 @@ def test_a_setup_that_cannot_work_is_refused_before_any_process_starts(pitdist_c
 
 def test_a_rank_failing_mid_run_stops_the_others_and_reports_its_traceback(pitdist_cli, tmp_path):
     # cuda is requested but this machine has none: every rank fails inside training, none hangs.
-    proc = pitdist_cli("train", "--sp", "2", "--launcher", "local", "--train.output_dir", str(tmp_path), "--train.device", "cuda",
-                       timeout=300)
+    proc = pitdist_cli(
+        "train",
+        "--sp",
+        "2",
+        "--launcher",
+        "local",
+        "--train.output_dir",
+        str(tmp_path),
+        "--train.device",
+        "cuda",
+        timeout=300,
+    )
     assert proc.returncode == 1
     assert "a rank failed" in proc.stderr and "train.device = 'cuda'" in proc.stderr

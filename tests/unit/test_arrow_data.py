@@ -17,8 +17,8 @@ from pitdist.data.arrow import DataError, DatasetWriter, arrow_schema, sha256_fi
 from pitdist.data.convert import convert, make_source, read_idx
 from pitdist.data.registry import load_dataset
 from pitdist.data.sharding import BatchSchedule
-from pitdist.parallel_dims import ParallelDims
 from pitdist.models.pit import pixels_to_tokens
+from pitdist.parallel_dims import ParallelDims
 
 
 def _convert(kind, path, out, **kw):
@@ -122,8 +122,9 @@ def test_save_to_disk_round_trip_with_image_and_array_columns(tmp_path):
     grey = rng.integers(0, 256, (9, 7, 7), np.uint8)
     labels = rng.integers(0, 3, 9)
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
-    ds = datasets.Dataset.from_dict({"image": [Image.fromarray(g) for g in grey], "label": labels.tolist()},
-                                    features=features)
+    ds = datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(g) for g in grey], "label": labels.tolist()}, features=features
+    )
     datasets.DatasetDict({"train": ds, "test": ds.select(range(3))}).save_to_disk(str(tmp_path / "hf"))
     _convert("hf-disk", tmp_path / "hf", tmp_path / "out", split="train")
     got = load_dataset(str(tmp_path / "out"))
@@ -131,9 +132,10 @@ def test_save_to_disk_round_trip_with_image_and_array_columns(tmp_path):
     assert np.array_equal(np.asarray(got.pixels)[..., 0], grey) and np.array_equal(got.labels, labels)
 
     rgb = rng.integers(0, 256, (5, 4, 4, 3), np.uint8)
-    arrays = datasets.Dataset.from_dict({"pixels": rgb.tolist(), "label": [0, 1, 2, 3, 1]},
-                                        features=datasets.Features({"pixels": datasets.Array3D((4, 4, 3), "uint8"),
-                                                                    "label": datasets.Value("int64")}))
+    arrays = datasets.Dataset.from_dict(
+        {"pixels": rgb.tolist(), "label": [0, 1, 2, 3, 1]},
+        features=datasets.Features({"pixels": datasets.Array3D((4, 4, 3), "uint8"), "label": datasets.Value("int64")}),
+    )
     arrays.save_to_disk(str(tmp_path / "hf2"))
     _convert("hf-disk", tmp_path / "hf2", tmp_path / "out2")
     got = load_dataset(str(tmp_path / "out2"))
@@ -183,7 +185,9 @@ def test_q2_p2_epoch_covers_every_id_once_and_sp_ranks_agree(digits_dir):
 def test_resumed_run_consumes_exactly_what_the_uninterrupted_run_does_after_step_k(digits_dir):
     dims, k, end = ParallelDims(2, 2), 37, 100  # crosses the epoch boundary at step 44
     whole = BatchSchedule(1797 - 359, 32, seed=9)
-    first = [_rank_view(load_dataset(str(digits_dir)).split(0.2, 0)[0], whole, dims, r, range(end))[0] for r in range(4)]
+    first = [
+        _rank_view(load_dataset(str(digits_dir)).split(0.2, 0)[0], whole, dims, r, range(end))[0] for r in range(4)
+    ]
     # A new process: reload the dataset, rebuild the schedule from the config, start at step k.
     data = load_dataset(str(digits_dir)).split(0.2, 0)[0]
     resumed = [_rank_view(data, BatchSchedule(len(data), 32, seed=9), dims, r, range(k, end))[0] for r in range(4)]
@@ -265,9 +269,12 @@ def test_pixels_whose_size_does_not_match_the_metadata(digits_dir, tmp_path):
     table = _shard_table(root)
     schema = arrow_schema((8, 8, 1), [str(i) for i in range(10)])
     wrong = pa.FixedSizeBinaryArray.from_buffers(pa.binary(63), 500, [None, pa.py_buffer(np.zeros(500 * 63, np.uint8))])
-    bad = pa.table([table.column("id"), table.column("label"), wrong],
-                   schema=pa.schema([schema.field("id"), schema.field("label"), ("pixels", pa.binary(63))],
-                                    metadata=schema.metadata))
+    bad = pa.table(
+        [table.column("id"), table.column("label"), wrong],
+        schema=pa.schema(
+            [schema.field("id"), schema.field("label"), ("pixels", pa.binary(63))], metadata=schema.metadata
+        ),
+    )
     file = _replace_shard(root, 0, bad)
     _expect(root, str(file), "pixels are 63 bytes per image but the metadata says 8x8x1 = 64")
 
@@ -296,9 +303,20 @@ def test_empty_dataset(tmp_path):
     assert not (tmp_path / "empty").exists() and not list(tmp_path.iterdir())
     root = tmp_path / "hand"
     root.mkdir()
-    (root / "manifest.json").write_text(json.dumps({"format": "pitdist-pixels", "format_version": 1, "height": 2,
-                                                    "width": 2, "channels": 1, "class_names": ["a"], "num_rows": 0,
-                                                    "shards": []}))
+    (root / "manifest.json").write_text(
+        json.dumps(
+            {
+                "format": "pitdist-pixels",
+                "format_version": 1,
+                "height": 2,
+                "width": 2,
+                "channels": 1,
+                "class_names": ["a"],
+                "num_rows": 0,
+                "shards": [],
+            }
+        )
+    )
     _expect(root, str(root), "the dataset is empty (0 images)")
 
 

@@ -3,8 +3,8 @@
 import pytest
 
 from pitdist.config import ModelConfig
-from pitdist.report.comm_model import param_counts, step_traffic
 from pitdist.models.pit import build_model
+from pitdist.report.comm_model import param_counts, step_traffic
 from pitdist.train.engine import param_groups
 
 

@@ -24,8 +24,20 @@ def test_every_shipped_job_file_loads():
 
 def test_toml_values_and_cli_overrides_combine(tmp_path):
     path = write(tmp_path, '[model]\npos_embed = "learned"\n[train]\nsteps = 7\n')
-    cfg = load_config(path, ["--model.pos_embed", "none", "--train.batch_size=16", "--optim.lr", "0.5",
-                             "--data.shuffle", "false", "--parallel.zero_stage", "2"])
+    cfg = load_config(
+        path,
+        [
+            "--model.pos_embed",
+            "none",
+            "--train.batch_size=16",
+            "--optim.lr",
+            "0.5",
+            "--data.shuffle",
+            "false",
+            "--parallel.zero_stage",
+            "2",
+        ],
+    )
     assert cfg.model.pos_embed == "none"  # the command line wins
     assert cfg.train.steps == 7  # the file is kept where not overridden
     assert cfg.train.batch_size == 16 and cfg.optim.lr == 0.5
@@ -44,20 +56,33 @@ def test_size_presets_and_explicit_width():
     [
         ('[model]\npos_embd = "none"\n', [], "model.pos_embd: unknown setting"),
         ("", ["--trian.steps", "3"], "trian: unknown setting"),
-        ('[model]\npos_embed = "rope"\n', [], "model.pos_embed: 'rope' is not allowed; choose one of 'none', 'sincos', 'learned'"),
+        (
+            '[model]\npos_embed = "rope"\n',
+            [],
+            "model.pos_embed: 'rope' is not allowed; choose one of 'none', 'sincos', 'learned'",
+        ),
         ('[train]\nsteps = "ten"\n', [], "train.steps: expected int, got 'ten'"),
         ("", ["--train.steps", "ten"], "train.steps: expected int, got 'ten'"),
         ("", ["--data.shuffle", "maybe"], "data.shuffle: expected bool"),
-        ('[train]\nsteps = 0\n', [], "train.steps: must be >= 1, got 0"),
+        ("[train]\nsteps = 0\n", [], "train.steps: must be >= 1, got 0"),
         ("", ["--optim.warmup_steps", "0"], "optim.warmup_steps: must be >= 1"),
         ("", ["--parallel.zero_stage", "3"], "parallel.zero_stage: must be 0, 1 or 2, got 3"),
-        ("", ["--parallel.sp", "2", "--parallel.launcher", "single"],
-         "parallel.launcher: 'single' runs one process but dp * sp = 2"),
+        (
+            "",
+            ["--parallel.sp", "2", "--parallel.launcher", "single"],
+            "parallel.launcher: 'single' runs one process but dp * sp = 2",
+        ),
         ("", ["--data.loader", "ray_data", "--parallel.launcher", "local"], "data.loader: 'ray_data' feeds Ray Train"),
-        ("", ["--parallel.sp", "3", "--train.batch_size", "32"],
-         "train.batch_size: the ray_data loader gives each of the dp * sp = 3 workers"),
-        ("", ["--parallel.dp", "3", "--parallel.launcher", "local", "--train.batch_size", "32"],
-         "train.batch_size: 32 images cannot be split evenly over parallel.dp = 3"),
+        (
+            "",
+            ["--parallel.sp", "3", "--train.batch_size", "32"],
+            "train.batch_size: the ray_data loader gives each of the dp * sp = 3 workers",
+        ),
+        (
+            "",
+            ["--parallel.dp", "3", "--parallel.launcher", "local", "--train.batch_size", "32"],
+            "train.batch_size: 32 images cannot be split evenly over parallel.dp = 3",
+        ),
         ("", ["--model.dim", "66", "--model.heads", "3"], "model.pos_embed: 'sincos' splits the width into 4"),
         ("", ["--model.dim", "30"], "model.dim: 30 is not divisible by model.heads = 4"),
         ("", ["--model.shard_pos_embed", "true"], "model.shard_pos_embed: only applies to pos_embed = 'learned'"),

@@ -40,11 +40,14 @@ def test_a_replay_with_the_same_images_is_counted_once(tmp_path):
     assert report.images_per_epoch == {0: 8, 1: 4}
 
 
-@pytest.mark.parametrize("rank, record, problem", [
-    (0, (1, 0, [3, 9]), "rank 0 step 1: a replay after a restore took different ids"),
-    (1, (3, 1, [9, 9]), "step 3: DP group 0 has ranks with no record"),
-    (3, (0, 0, [6, 5]), "rank 3 step 0: a replay"),
-])
+@pytest.mark.parametrize(
+    "rank, record, problem",
+    [
+        (0, (1, 0, [3, 9]), "rank 0 step 1: a replay after a restore took different ids"),
+        (1, (3, 1, [9, 9]), "step 3: DP group 0 has ranks with no record"),
+        (3, (0, 0, [6, 5]), "rank 3 step 0: a replay"),
+    ],
+)
 def test_each_fault_is_named(tmp_path, rank, record, problem):
     good_run(tmp_path)
     write(tmp_path, rank, [record])

@@ -31,15 +31,22 @@ def compose_binary() -> str:
 
 def clean_env() -> dict:
     """This environment without the variables docker-compose.yml reads: the defaults are under test."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("HOSTNET_", "PITDIST_", "GRAFANA_", "PROMETHEUS_"))}
+    return {
+        k: v for k, v in os.environ.items() if not k.startswith(("HOSTNET_", "PITDIST_", "GRAFANA_", "PROMETHEUS_"))
+    }
 
 
 def compose_config(*files: str, env: dict | None = None) -> dict:
     argv = [compose_binary()]
     for f in files:
         argv += ["-f", f]
-    proc = subprocess.run([*argv, "config", "--format", "json"], cwd=ROOT, capture_output=True, text=True,
-                          env={**clean_env(), **(env or {})})
+    proc = subprocess.run(
+        [*argv, "config", "--format", "json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**clean_env(), **(env or {})},
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -49,6 +56,7 @@ def ray_pin() -> str:
 
 
 # --- docker compose ------------------------------------------------------------------------------
+
 
 def test_compose_file_is_valid_and_secure_by_default():
     config = compose_config("docker-compose.yml")
@@ -83,7 +91,7 @@ def test_compose_file_is_valid_and_secure_by_default():
     assert prom["/etc/prometheus/prometheus.yml"] == str(ROOT / "cluster/prometheus/prometheus.yml")
     assert prom["/etc/prometheus/targets"] == "prometheus-targets" and prom["/tmp/ray"] == "ray-head-tmp"
     graf = {v["target"]: v["source"] for v in services["grafana"]["volumes"]}
-    for target, source in graf.items():
+    for source in graf.values():
         if source.startswith("/"):
             assert Path(source).exists(), f"grafana mounts {source}, which does not exist"
     assert graf["/var/lib/grafana/dashboards/pitdist"] == str(ROOT / "cluster/grafana/dashboards")
@@ -103,8 +111,13 @@ def test_hostnet_override_puts_everything_on_loopback():
     assert listen in config["services"]["prometheus"]["command"]
 
     # Every variable is required: a forgotten one is an error, not Ray's default port on the host.
-    proc = subprocess.run([compose_binary(), "-f", "docker-compose.yml", "-f", "docker/compose.hostnet.yml",
-                           "config", "-q"], cwd=ROOT, capture_output=True, text=True, env=clean_env())
+    proc = subprocess.run(
+        [compose_binary(), "-f", "docker-compose.yml", "-f", "docker/compose.hostnet.yml", "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+    )
     assert proc.returncode != 0 and "HOSTNET_" in proc.stderr
 
 
@@ -113,8 +126,11 @@ HOSTNET_VARS = sorted(set(re.findall(r"\$\{(HOSTNET_[A-Z_]+):\?\}", (ROOT / "doc
 
 
 def test_dockerignore_keeps_the_context_small_and_complete():
-    ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-              if line.strip() and not line.startswith("#")]
+    ignore = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert ignore[0] == "*", "allow-list: everything is out unless named"
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
     dockerfile = (ROOT / "docker/Dockerfile").read_text()
@@ -128,12 +144,15 @@ def test_dockerignore_keeps_the_context_small_and_complete():
 
 # --- Kubernetes (KubeRay) ------------------------------------------------------------------------
 
+
 def manifests() -> dict[str, list[dict]]:
     return {p.name: [d for d in yaml.safe_load_all(p.read_text()) if d] for p in sorted(KUBERAY.glob("*.yaml"))}
 
 
 def ray_pod_selector() -> dict:
-    (service,) = [d for d in manifests()["prometheus.yaml"] if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"]
+    (service,) = [
+        d for d in manifests()["prometheus.yaml"] if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"
+    ]
     return service["spec"]["selector"]
 
 
@@ -221,6 +240,7 @@ def test_kuberay_prometheus_config_passes_promtool(tmp_path):
 
 
 # --- Ray cluster launcher ------------------------------------------------------------------------
+
 
 def test_ray_cluster_launcher_yaml_passes_rays_validation():
     from ray.autoscaler._private.util import prepare_config, validate_config

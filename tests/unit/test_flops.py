@@ -6,8 +6,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from pitdist.config import ModelConfig
-from pitdist.observe.flops import flops_per_image
 from pitdist.models.pit import build_model, pixels_to_tokens
+from pitdist.observe.flops import flops_per_image
 
 
 def test_estimate_matches_counted_matmul_and_attention_flops():

@@ -16,8 +16,8 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from pitdist.config import ConfigError, load_config
-from pitdist.observe.ledger import CommLedger
 from pitdist.observe import prometheus
+from pitdist.observe.ledger import CommLedger
 from pitdist.observe.prometheus import ExporterError, PrometheusExporter, metrics_exporter, model_label
 
 MESH = SimpleNamespace(rank=1, world_size=2, dp=1, sp=2, dp_rank=0, sp_rank=1)
@@ -30,11 +30,27 @@ def free_port() -> int:
 
 
 def exporter(tmp_path, base: int, *extra: str) -> PrometheusExporter:
-    cfg = load_config(None, ["--metrics.prometheus_port", str(base), "--metrics.peak_tflops", "0.5",
-                             "--metrics.prometheus_sd_dir", str(tmp_path / "targets"), "--train.batch_size", "32",
-                             "--model.pos_embed", "learned", "--model.shard_pos_embed", "true", *extra])
-    return PrometheusExporter(cfg, MESH, "run-a", CommLedger(1), 0.0, tokens_per_image=64,
-                              image_flops=1e9, device=torch.device("cpu"))
+    cfg = load_config(
+        None,
+        [
+            "--metrics.prometheus_port",
+            str(base),
+            "--metrics.peak_tflops",
+            "0.5",
+            "--metrics.prometheus_sd_dir",
+            str(tmp_path / "targets"),
+            "--train.batch_size",
+            "32",
+            "--model.pos_embed",
+            "learned",
+            "--model.shard_pos_embed",
+            "true",
+            *extra,
+        ],
+    )
+    return PrometheusExporter(
+        cfg, MESH, "run-a", CommLedger(1), 0.0, tokens_per_image=64, image_flops=1e9, device=torch.device("cpu")
+    )
 
 
 def scrape(port: int) -> dict:
@@ -49,11 +65,20 @@ def test_serves_the_last_step_and_its_file_sd_target(tmp_path):
         ex.on_step(0, 2.5, 0.5, 0.1)
         ex.on_step(1, 2.0, 0.25, 0.05)
         got = scrape(base + 1)
-        labels = {"run": "run-a", "rank": "1", "dp_rank": "0", "sp_rank": "1", "pos_embed": "learned-sharded",
-                  "model": "nano"}
+        labels = {
+            "run": "run-a",
+            "rank": "1",
+            "dp_rank": "0",
+            "sp_rank": "1",
+            "pos_embed": "learned-sharded",
+            "model": "nano",
+        }
         assert got["pitdist_loss"].labels == labels and got["pitdist_loss"].value == 2.0
         assert got["pitdist_step"].value == 2 and got["pitdist_steps_total"].value == 2
-        assert got["pitdist_step_seconds_total"].value == 0.75 and got["pitdist_data_wait_seconds_total"].value == 0.1 + 0.05
+        assert (
+            got["pitdist_step_seconds_total"].value == 0.75
+            and got["pitdist_data_wait_seconds_total"].value == 0.1 + 0.05
+        )
         assert got["pitdist_images_total"].value == 64  # 32 images a step for the one DP group
         assert got["pitdist_tokens_total"].value == 2 * 32 * 64 / 2  # this rank's half of the tokens
         assert got["pitdist_images_per_second"].value == 128  # 32 images in 0.25 s
@@ -118,15 +143,17 @@ def test_a_rank_waits_for_its_first_scrape_before_training(tmp_path, capsys):
     cfg = load_config(None, ["--metrics.prometheus_port", str(base), "--metrics.prometheus_linger_s", "60"])
     threading.Timer(1.0, lambda: scrape(base + 1)).start()
     start = time.monotonic()
-    ex = metrics_exporter(cfg, MESH, "r", CommLedger(1), 0.0, tokens_per_image=1, image_flops=1.0,
-                          device=torch.device("cpu"))
+    ex = metrics_exporter(
+        cfg, MESH, "r", CommLedger(1), 0.0, tokens_per_image=1, image_flops=1.0, device=torch.device("cpu")
+    )
     assert 0.9 < time.monotonic() - start < 30
     threading.Timer(0.5, lambda: scrape(base + 1)).start()
     ex.close()
     # Nobody scraping: a warning, then training goes on.
     cfg = load_config(None, ["--metrics.prometheus_port", str(free_port() - 1), "--metrics.prometheus_linger_s", "0.3"])
-    ex = metrics_exporter(cfg, MESH, "r", CommLedger(1), 0.0, tokens_per_image=1, image_flops=1.0,
-                          device=torch.device("cpu"))
+    ex = metrics_exporter(
+        cfg, MESH, "r", CommLedger(1), 0.0, tokens_per_image=1, image_flops=1.0, device=torch.device("cpu")
+    )
     ex.close()
     assert "no scrape of 127.0.0.1" in capsys.readouterr().err
 
@@ -157,8 +184,12 @@ def test_bind_retries_while_a_previous_rank_still_holds_the_port(tmp_path):
 def test_off_by_default_and_bad_settings_are_refused():
     cfg = load_config(None, [])
     assert cfg.metrics.prometheus_port == 0
-    assert isinstance(metrics_exporter(cfg, MESH, "r", CommLedger(0), 0.0, tokens_per_image=1,
-                                       image_flops=1.0, device=torch.device("cpu")), prometheus.NoExporter)
+    assert isinstance(
+        metrics_exporter(
+            cfg, MESH, "r", CommLedger(0), 0.0, tokens_per_image=1, image_flops=1.0, device=torch.device("cpu")
+        ),
+        prometheus.NoExporter,
+    )
     with pytest.raises(ConfigError, match="metrics.prometheus_port"):
         load_config(None, ["--metrics.prometheus_port", "70000"])
     with pytest.raises(ConfigError, match="metrics.prometheus_linger_s"):

@@ -13,8 +13,7 @@ from pitdist.distributed.ring_attention import (
     merge,
 )
 
-KERNELS = {"cpu kernel": (attend_block, attend_block_backward),
-           "math": (attend_block_math, attend_block_backward_math)}
+KERNELS = {"cpu kernel": (attend_block, attend_block_backward), "math": (attend_block_math, attend_block_backward_math)}
 
 
 def qkv(seed=0, b=2, h=3, n=24, d=8):
@@ -72,6 +71,8 @@ def test_a_block_backward_at_its_own_lse_is_not_its_share_of_the_full_gradient()
     full = F.scaled_dot_product_attention(full_q, k, v)
     grad_out = torch.randn_like(full)
     full.backward(grad_out)
-    dq = sum(attend_block_backward(grad_out, q, kb, vb, *attend_block(q, kb, vb))[0]
-             for kb, vb in zip(k.chunk(2, dim=2), v.chunk(2, dim=2)))
+    dq = sum(
+        attend_block_backward(grad_out, q, kb, vb, *attend_block(q, kb, vb))[0]
+        for kb, vb in zip(k.chunk(2, dim=2), v.chunk(2, dim=2))
+    )
     assert rel(dq, full_q.grad) > 1e-2

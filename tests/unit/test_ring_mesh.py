@@ -11,14 +11,18 @@ def parallel(*overrides):
     return load_config(None, ["--parallel.launcher", "local", *overrides]).parallel
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    ((), (1, 1, 1)),
-    (("--parallel.sp", "4"), (4, 4, 1)),  # sp alone: pure Ulysses, as before ring attention existed
-    (("--parallel.sp", "4", "--parallel.ring", "2"), (4, 2, 2)),
-    (("--parallel.ulysses", "3", "--parallel.ring", "2"), (6, 3, 2)),
-    (("--parallel.ring", "4"), (4, 1, 4)),
-    (("--parallel.sp", "6", "--parallel.ulysses", "3"), (6, 3, 2)),
-], ids=["default", "sp", "sp+ring", "ulysses+ring", "ring", "sp+ulysses"])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ((), (1, 1, 1)),
+        (("--parallel.sp", "4"), (4, 4, 1)),  # sp alone: pure Ulysses, as before ring attention existed
+        (("--parallel.sp", "4", "--parallel.ring", "2"), (4, 2, 2)),
+        (("--parallel.ulysses", "3", "--parallel.ring", "2"), (6, 3, 2)),
+        (("--parallel.ring", "4"), (4, 1, 4)),
+        (("--parallel.sp", "6", "--parallel.ulysses", "3"), (6, 3, 2)),
+    ],
+    ids=["default", "sp", "sp+ring", "ulysses+ring", "ring", "sp+ulysses"],
+)
 def test_sp_ulysses_and_ring_keys(overrides, expected):
     p = parallel(*overrides)
     assert (p.sp, p.ulysses, p.ring) == expected
@@ -26,13 +30,18 @@ def test_sp_ulysses_and_ring_keys(overrides, expected):
     assert (again.sp, again.ulysses, again.ring) == expected
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (("--parallel.sp", "4", "--parallel.ring", "3"), "parallel.ring: 3 does not divide parallel.sp = 4"),
-    (("--parallel.sp", "8", "--parallel.ulysses", "2", "--parallel.ring", "2"),
-     "parallel.sp: 8 != parallel.ulysses x parallel.ring = 2 x 2; set two of the three"),
-    (("--parallel.ring", "-1"), "parallel.ring: must be >= 1"),
-    (("--parallel.sp", "6", "--parallel.ulysses", "4"), "parallel.ulysses: 4 does not divide parallel.sp = 6"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (("--parallel.sp", "4", "--parallel.ring", "3"), "parallel.ring: 3 does not divide parallel.sp = 4"),
+        (
+            ("--parallel.sp", "8", "--parallel.ulysses", "2", "--parallel.ring", "2"),
+            "parallel.sp: 8 != parallel.ulysses x parallel.ring = 2 x 2; set two of the three",
+        ),
+        (("--parallel.ring", "-1"), "parallel.ring: must be >= 1"),
+        (("--parallel.sp", "6", "--parallel.ulysses", "4"), "parallel.ulysses: 4 does not divide parallel.sp = 6"),
+    ],
+)
 def test_inconsistent_keys_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=None) as info:
         parallel(*overrides)
@@ -55,14 +64,23 @@ def test_sp_beyond_the_heads_names_the_hybrids_that_would_work():
     ParallelDims(1, 6, 6).validate(heads=3, num_tokens=36)
 
 
-@pytest.mark.parametrize("dims, message", [
-    (ParallelDims(1, 8, 2), "parallel.ulysses = sp / ring = 8 / 2 = 4 does not divide the model's 6 attention heads "
-                            "(Ulysses gives each rank of its group whole heads); valid (ulysses, ring) for sp = 8: "
-                            "[(2, 4), (1, 8)]"),
-    (ParallelDims(1, 8, 3), "parallel.ring = 3 does not divide parallel.sp = 8 (sp = ulysses x ring); valid "
-                            "(ulysses, ring) for sp = 8 and this model and image: [(2, 4), (1, 8)]"),
-    (ParallelDims(1, 5, 5), "parallel.sp = 5 does not divide the 64 tokens of an image"),
-])
+@pytest.mark.parametrize(
+    "dims, message",
+    [
+        (
+            ParallelDims(1, 8, 2),
+            "parallel.ulysses = sp / ring = 8 / 2 = 4 does not divide the model's 6 attention heads "
+            "(Ulysses gives each rank of its group whole heads); valid (ulysses, ring) for sp = 8: "
+            "[(2, 4), (1, 8)]",
+        ),
+        (
+            ParallelDims(1, 8, 3),
+            "parallel.ring = 3 does not divide parallel.sp = 8 (sp = ulysses x ring); valid "
+            "(ulysses, ring) for sp = 8 and this model and image: [(2, 4), (1, 8)]",
+        ),
+        (ParallelDims(1, 5, 5), "parallel.sp = 5 does not divide the 64 tokens of an image"),
+    ],
+)
 def test_invalid_factorisations_are_refused_with_the_valid_ones(dims, message):
     with pytest.raises(MeshError) as info:
         dims.validate(heads=6, num_tokens=64)

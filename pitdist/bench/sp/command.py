@@ -61,45 +61,103 @@ def add_parser(sub) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--sp", type=INT_LIST, default=[1, 2, 4], metavar="LIST",
-                   help="SP sizes P to compare, comma-separated; must include 1, the baseline of every ratio "
-                        "(default: 1,2,4)")
-    p.add_argument("--parts", type=_parts, default=list(PARTS), metavar="LIST",
-                   help=f"which measurements to run, comma-separated from {','.join(PARTS)} (default: all)")
-    p.add_argument("--image-size", type=int, default=28, metavar="SIDE",
-                   help="image side (pixels) of the activation-memory part (default: 28, i.e. 784 tokens)")
+    p.add_argument(
+        "--sp",
+        type=INT_LIST,
+        default=[1, 2, 4],
+        metavar="LIST",
+        help="SP sizes P to compare, comma-separated; must include 1, the baseline of every ratio (default: 1,2,4)",
+    )
+    p.add_argument(
+        "--parts",
+        type=_parts,
+        default=list(PARTS),
+        metavar="LIST",
+        help=f"which measurements to run, comma-separated from {','.join(PARTS)} (default: all)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=28,
+        metavar="SIDE",
+        help="image side (pixels) of the activation-memory part (default: 28, i.e. 784 tokens)",
+    )
     p.add_argument("--channels", type=int, default=1, metavar="C", help="image channels C (default: 1)")
-    p.add_argument("--time-sizes", type=INT_LIST, default=[28, 56], metavar="LIST",
-                   help="image sides of the step-time part, comma-separated (default: 28,56)")
-    p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed warm-up steps before timing (default: 2)")
-    p.add_argument("--steps", type=int, default=5, metavar="N", help="timed steps per (P, size); the median is reported "
-                                                          "(default: 5)")
-    p.add_argument("--cap-gib", type=float, default=1.0, metavar="GIB",
-                   help="search part: per-rank cap on saved-activation bytes, in GiB (default: 1.0; with P=4 "
-                        "ranks that keeps the machine near 4 x cap + ~0.6 GiB per process)")
-    p.add_argument("--search-start", type=int, default=28, metavar="SIDE",
-                   help="search part: first probed side; probes double it while a fit predicts it fits "
-                        "(default: 28)")
-    p.add_argument("--search-max-side", type=int, default=512, metavar="SIDE",
-                   help="search part: never probe a side above this (default: 512)")
-    p.add_argument("--big-side", type=int, default=224, metavar="SIDE",
-                   help="big part: side of the one-step run (default: 224, i.e. 50,176 tokens)")
+    p.add_argument(
+        "--time-sizes",
+        type=INT_LIST,
+        default=[28, 56],
+        metavar="LIST",
+        help="image sides of the step-time part, comma-separated (default: 28,56)",
+    )
+    p.add_argument(
+        "--warmup", type=int, default=2, metavar="N", help="untimed warm-up steps before timing (default: 2)"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=5,
+        metavar="N",
+        help="timed steps per (P, size); the median is reported (default: 5)",
+    )
+    p.add_argument(
+        "--cap-gib",
+        type=float,
+        default=1.0,
+        metavar="GIB",
+        help="search part: per-rank cap on saved-activation bytes, in GiB (default: 1.0; with P=4 "
+        "ranks that keeps the machine near 4 x cap + ~0.6 GiB per process)",
+    )
+    p.add_argument(
+        "--search-start",
+        type=int,
+        default=28,
+        metavar="SIDE",
+        help="search part: first probed side; probes double it while a fit predicts it fits (default: 28)",
+    )
+    p.add_argument(
+        "--search-max-side",
+        type=int,
+        default=512,
+        metavar="SIDE",
+        help="search part: never probe a side above this (default: 512)",
+    )
+    p.add_argument(
+        "--big-side",
+        type=int,
+        default=224,
+        metavar="SIDE",
+        help="big part: side of the one-step run (default: 224, i.e. 50,176 tokens)",
+    )
     p.add_argument("--big-sp", type=int, default=4, metavar="P", help="big part: SP size (default: 4)")
-    p.add_argument("--train-side", type=int, default=112, metavar="SIDE",
-                   help="train part: side of the few-step training run (default: 112, i.e. 12,544 tokens)")
+    p.add_argument(
+        "--train-side",
+        type=int,
+        default=112,
+        metavar="SIDE",
+        help="train part: side of the few-step training run (default: 112, i.e. 12,544 tokens)",
+    )
     p.add_argument("--train-sp", type=int, default=4, metavar="P", help="train part: SP size (default: 4)")
     p.add_argument("--train-steps", type=int, default=3, metavar="N", help="train part: training steps (default: 3)")
-    p.add_argument("--threads-total", type=int, default=0, metavar="N",
-                   help="cores shared by the ranks; each rank gets max(1, N // P) torch threads "
-                        "(default: 0 = the CPUs this process may use)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the weights and random images (default: 0)")
-    p.add_argument("--out", default=None, metavar="PATH",
-                   help="JSON results file (default: runs/bench-sp-<time>.json)")
-    p.add_argument("--plot", default=None, metavar="PATH",
-                   help="PNG plot file (default: the --out path with .png)")
-    p.add_argument("--force", action="store_true",
-                   help="run jobs even when their estimated memory exceeds what the machine has available "
-                        "(default: such jobs are skipped and reported as skipped)")
+    p.add_argument(
+        "--threads-total",
+        type=int,
+        default=0,
+        metavar="N",
+        help="cores shared by the ranks; each rank gets max(1, N // P) torch threads "
+        "(default: 0 = the CPUs this process may use)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed of the weights and random images (default: 0)"
+    )
+    p.add_argument("--out", default=None, metavar="PATH", help="JSON results file (default: runs/bench-sp-<time>.json)")
+    p.add_argument("--plot", default=None, metavar="PATH", help="PNG plot file (default: the --out path with .png)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="run jobs even when their estimated memory exceeds what the machine has available "
+        "(default: such jobs are skipped and reported as skipped)",
+    )
     return p
 
 
@@ -127,34 +185,61 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     ncores = args.threads_total or cores()
     threads = {p: max(1, ncores // p) for p in jobs}
     m = cfg.model
-    params = sum(t.numel() for t in build_model(m, (args.image_size, args.image_size, args.channels), NUM_CLASSES).parameters())
+    params = sum(
+        t.numel() for t in build_model(m, (args.image_size, args.image_size, args.channels), NUM_CLASSES).parameters()
+    )
     header = {
-        "benchmark": "pitdist bench sp", "created": created(), "complete": False,
-        "command": sys.argv, "options": {k: v for k, v in vars(args).items() if k not in ("command", "bench_command")},
-        "model": {"dim": m.width, "depth": m.num_layers, "heads": m.num_heads, "mlp_ratio": m.mlp_ratio,
-                  "pos_embed": m.pos_embed, "patch_size": m.patch_size, "params": params, "num_classes": NUM_CLASSES},
-        "engine": {"zero_stage": 0, "dtype": "fp32", "batch_size": 1, "optimizer": "AdamW (torch)",
-                   "grad_clip": cfg.optim.grad_clip},
-        "machine": {"cores": ncores, "mem_available_bytes": mem_available(), "torch": torch.__version__,
-                    "deepspeed": deepspeed.__version__, "backend": "gloo"},
+        "benchmark": "pitdist bench sp",
+        "created": created(),
+        "complete": False,
+        "command": sys.argv,
+        "options": {k: v for k, v in vars(args).items() if k not in ("command", "bench_command")},
+        "model": {
+            "dim": m.width,
+            "depth": m.num_layers,
+            "heads": m.num_heads,
+            "mlp_ratio": m.mlp_ratio,
+            "pos_embed": m.pos_embed,
+            "patch_size": m.patch_size,
+            "params": params,
+            "num_classes": NUM_CLASSES,
+        },
+        "engine": {
+            "zero_stage": 0,
+            "dtype": "fp32",
+            "batch_size": 1,
+            "optimizer": "AdamW (torch)",
+            "grad_clip": cfg.optim.grad_clip,
+        },
+        "machine": {
+            "cores": ncores,
+            "mem_available_bytes": mem_available(),
+            "torch": torch.__version__,
+            "deepspeed": deepspeed.__version__,
+            "backend": "gloo",
+        },
         "threads_per_rank": {str(p): t for p, t in threads.items()},
         "method": {
-            "saved_bytes": "torch.autograd.graph.saved_tensors_hooks pack hook during one forward + loss; each distinct "
-                           "untyped storage (by data_ptr) counted once with its nbytes; parameter storages excluded "
-                           "(reported as param_bytes_saved); naive_bytes = sum of numel*element_size of every saved "
-                           "non-parameter tensor, every time it is saved",
+            "saved_bytes": "torch.autograd.graph.saved_tensors_hooks pack hook during one forward + loss; each "
+            "distinct untyped storage (by data_ptr) counted once with its nbytes; parameter storages excluded "
+            "(reported as param_bytes_saved); naive_bytes = sum of numel*element_size of every saved "
+            "non-parameter tensor, every time it is saved",
             "peak_rss": "process-level: VmHWM reset via /proc/self/clear_refs before the step, VmHWM - VmRSS(start) "
-                        "after it (ru_maxrss growth if the reset is refused)",
+            "after it (ru_maxrss growth if the reset is refused)",
             "step_time": "per step the slowest rank (barrier before each step), median over timed steps",
             "search": "forward-only probes abort at the next block once the per-rank cap is crossed; largest side "
-                      "confirmed with a full forward+backward+step",
+            "confirmed with a full forward+backward+step",
         },
         "notes": notes,
     }
     for note in notes:
         print(f"[bench sp] note: {note}", file=sys.stderr)
-    print(f"[bench sp] {sum(len(j) for j in jobs.values())} jobs on P = {', '.join(map(str, jobs))}; "
-          f"threads per rank {threads}; results -> {out}", file=sys.stderr, flush=True)
+    print(
+        f"[bench sp] {sum(len(j) for j in jobs.values())} jobs on P = {', '.join(map(str, jobs))}; "
+        f"threads per rank {threads}; results -> {out}",
+        file=sys.stderr,
+        flush=True,
+    )
     results: dict[int, list[list[dict]]] = {}
     report = header
     for p, p_jobs in jobs.items():

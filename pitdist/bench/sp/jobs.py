@@ -33,7 +33,9 @@ def rank_main(rank: int, world: int, cfg_dict: dict, jobs: list[dict], channels:
             continue
         start = time.perf_counter()
         if job["kind"] == "step":
-            log(f"P={world}: {job['part']} {job['side']}x{job['side']} ({job['warmup']} warm-up + {job['steps']} steps)")
+            log(
+                f"P={world}: {job['part']} {job['side']}x{job['side']} ({job['warmup']} warm-up + {job['steps']} steps)"
+            )
             result = step_job(cfg, mesh, job, channels)
         else:
             result = search_job(cfg, mesh, job, channels, log)
@@ -41,4 +43,3 @@ def rank_main(rank: int, world: int, cfg_dict: dict, jobs: list[dict], channels:
         log(f"P={world}: {job['part']} done in {result['wall_s']:.1f} s")
         out.append(result)
     return out
-

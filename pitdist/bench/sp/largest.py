@@ -77,8 +77,14 @@ def _probe(cfg, mesh, side: int, channels: int, cap: int) -> dict:
     gc.collect()
     verdict = torch.tensor([[float(local["saved_bytes"]), float(over)]], dtype=torch.float64)
     everyone = comm.all_gather_cat(verdict, mesh.sp_group, category="bench")
-    return {"side": side, "tokens": num_tokens, "saved_bytes": int(everyone[:, 0].max()),
-            "over_cap": bool(everyone[:, 1].max() > 0), "aborted": over, "forward_s": elapsed}
+    return {
+        "side": side,
+        "tokens": num_tokens,
+        "saved_bytes": int(everyone[:, 0].max()),
+        "over_cap": bool(everyone[:, 1].max() > 0),
+        "aborted": over,
+        "forward_s": elapsed,
+    }
 
 
 def search_job(cfg, mesh, job: dict, channels: int, log) -> dict:
@@ -94,8 +100,10 @@ def search_job(cfg, mesh, job: dict, channels: int, log) -> dict:
         if side not in probes:
             probes[side] = _probe(cfg, mesh, side, channels, cap)
             r = probes[side]
-            log(f"search P={p}: {side}x{side} {'OVER' if r['over_cap'] else 'under'} cap "
-                f"({r['saved_bytes'] / GIB:.3f} GiB{' at abort' if r['aborted'] else ''}, {r['forward_s']:.1f} s)")
+            log(
+                f"search P={p}: {side}x{side} {'OVER' if r['over_cap'] else 'under'} cap "
+                f"({r['saved_bytes'] / GIB:.3f} GiB{' at abort' if r['aborted'] else ''}, {r['forward_s']:.1f} s)"
+            )
         return probes[side]
 
     def fit():
@@ -144,12 +152,19 @@ def search_job(cfg, mesh, job: dict, channels: int, log) -> dict:
         under = [r["side"] for r in probes.values() if not r["over_cap"]]
         best = max(under) if under else None
     over_sides = [r["side"] for r in probes.values() if r["over_cap"] and (best is None or r["side"] > best)]
-    result = {"kind": "search", "part": "search", "cap_bytes": cap, "probes": [probes[s] for s in sorted(probes)],
-              "largest_side": best, "smallest_over_side": min(over_sides) if over_sides else None,
-              "fit_bytes_per_token": None if ab is None else ab[1], "fit_constant_bytes": None if ab is None else ab[0]}
+    result = {
+        "kind": "search",
+        "part": "search",
+        "cap_bytes": cap,
+        "probes": [probes[s] for s in sorted(probes)],
+        "largest_side": best,
+        "smallest_over_side": min(over_sides) if over_sides else None,
+        "fit_bytes_per_token": None if ab is None else ab[1],
+        "fit_constant_bytes": None if ab is None else ab[0],
+    }
     if best is not None:  # prove it: one full forward + backward + optimizer step at that side
         log(f"search P={p}: confirming {best}x{best} with a full training step")
-        result["confirm"] = step_job(cfg, mesh, {"part": "search", "side": best, "warmup": 0, "steps": 1,
-                                                  "measure": True}, channels)
+        result["confirm"] = step_job(
+            cfg, mesh, {"part": "search", "side": best, "warmup": 0, "steps": 1, "measure": True}, channels
+        )
     return result
-

@@ -50,8 +50,13 @@ class SavedTensorCounter:
         return t
 
     def summary(self) -> dict:
-        return {"saved_bytes": self.distinct, "naive_bytes": self.naive, "param_bytes_saved": sum(self.param_storages.values()),
-                "saved_tensors": self.saves, "distinct_storages": len(self.storages)}
+        return {
+            "saved_bytes": self.distinct,
+            "naive_bytes": self.naive,
+            "param_bytes_saved": sum(self.param_storages.values()),
+            "saved_tensors": self.saves,
+            "distinct_storages": len(self.storages),
+        }
 
 
 def _status_bytes(key: str) -> int | None:
@@ -74,8 +79,11 @@ def rss_mark() -> dict:
         method = "VmHWM"
     except OSError:
         method = "ru_maxrss"
-    return {"method": method, "rss0": _status_bytes("VmRSS"),
-            "maxrss0": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    return {
+        "method": method,
+        "rss0": _status_bytes("VmRSS"),
+        "maxrss0": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
 
 
 def rss_delta(mark: dict) -> dict:

@@ -25,11 +25,36 @@ def _estimate_rank_bytes(model_cfg, tokens_per_rank: int) -> int:
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    for name in ("image_size", "channels", "warmup", "steps", "search_start", "search_max_side", "big_side",
-                 "big_sp", "train_side", "train_sp", "train_steps", "threads_total"):
+    for name in (
+        "image_size",
+        "channels",
+        "warmup",
+        "steps",
+        "search_start",
+        "search_max_side",
+        "big_side",
+        "big_sp",
+        "train_side",
+        "train_sp",
+        "train_steps",
+        "threads_total",
+    ):
         value = getattr(args, name)
-        lowest = 1 if name in ("image_size", "channels", "steps", "search_start", "search_max_side", "big_sp",
-                               "train_sp", "train_steps") else 0
+        lowest = (
+            1
+            if name
+            in (
+                "image_size",
+                "channels",
+                "steps",
+                "search_start",
+                "search_max_side",
+                "big_sp",
+                "train_sp",
+                "train_steps",
+            )
+            else 0
+        )
         if value < lowest:
             raise BenchOptionError(f"--{name.replace('_', '-')}: must be >= {lowest}, got {value}")
     if args.cap_gib <= 0:
@@ -37,21 +62,40 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 def plan(args: argparse.Namespace, overrides: list[str]):
-    """Validate options and return (JobConfig, {P: [job, ...]}, notes). Raises ConfigError/MeshError/BenchOptionError."""
+    """Validate options and return (JobConfig, {P: [job, ...]}, notes).
+
+    Raises ConfigError, MeshError or BenchOptionError."""
     from pitdist.config import load_config
     from pitdist.parallel_dims import ParallelDims
 
     only_model_overrides(overrides, "sp")
-    cfg = load_config(None, [*DEFAULT_MODEL, *overrides,
-                             "--parallel.launcher", "local", "--train.batch_size", "1", "--train.steps", "1000",
-                             "--train.seed", str(args.seed), "--optim.warmup_steps", "1", "--train.dtype", "fp32"])
+    cfg = load_config(
+        None,
+        [
+            *DEFAULT_MODEL,
+            *overrides,
+            "--parallel.launcher",
+            "local",
+            "--train.batch_size",
+            "1",
+            "--train.steps",
+            "1000",
+            "--train.seed",
+            str(args.seed),
+            "--optim.warmup_steps",
+            "1",
+            "--train.dtype",
+            "fp32",
+        ],
+    )
     m = cfg.model
     patch = m.patch_size
     _check_numbers(args)
     sps = sorted(set(args.sp))
     if 1 not in sps:
-        raise BenchOptionError(f"--sp {','.join(map(str, args.sp))}: must include 1, the baseline every ratio is "
-                               f"taken against")
+        raise BenchOptionError(
+            f"--sp {','.join(map(str, args.sp))}: must include 1, the baseline every ratio is taken against"
+        )
     parts = args.parts
 
     def check(p: int, side: int, option: str) -> None:
@@ -72,22 +116,47 @@ def plan(args: argparse.Namespace, overrides: list[str]):
         for side in step_sides:
             check(p, side, "--image-size" if side == args.image_size and "memory" in parts else "--time-sizes")
             timed = "time" in parts and side in args.time_sizes
-            jobs[p].append({"kind": "step", "part": "step", "side": side, "warmup": args.warmup if timed else 0,
-                            "steps": args.steps if timed else 1, "measure": True})
+            jobs[p].append(
+                {
+                    "kind": "step",
+                    "part": "step",
+                    "side": side,
+                    "warmup": args.warmup if timed else 0,
+                    "steps": args.steps if timed else 1,
+                    "measure": True,
+                }
+            )
     if "search" in parts:
         for p in sps:
             # Heads first (a side cannot fix them); sides are then filtered to tokens % P == 0.
             check(p, p * patch if p > 1 else patch, "--sp")
-            jobs[p].append({"kind": "search", "part": "search", "cap_bytes": int(args.cap_gib * GIB),
-                            "start": args.search_start, "max_side": args.search_max_side, "patch": patch})
+            jobs[p].append(
+                {
+                    "kind": "search",
+                    "part": "search",
+                    "cap_bytes": int(args.cap_gib * GIB),
+                    "start": args.search_start,
+                    "max_side": args.search_max_side,
+                    "patch": patch,
+                }
+            )
     if "train" in parts and args.train_side:
         check(args.train_sp, args.train_side, "--train-side")
-        jobs.setdefault(args.train_sp, []).append({"kind": "step", "part": "train", "side": args.train_side,
-                                                   "warmup": 0, "steps": args.train_steps, "measure": True})
+        jobs.setdefault(args.train_sp, []).append(
+            {
+                "kind": "step",
+                "part": "train",
+                "side": args.train_side,
+                "warmup": 0,
+                "steps": args.train_steps,
+                "measure": True,
+            }
+        )
     if "big" in parts and args.big_side:
         check(args.big_sp, args.big_side, "--big-side")
-        jobs.setdefault(args.big_sp, []).append({"kind": "step", "part": "big", "side": args.big_side,
-                                                 "warmup": 0, "steps": 1, "measure": True})
+        jobs.setdefault(args.big_sp, []).append(
+            {"kind": "step", "part": "big", "side": args.big_side, "warmup": 0, "steps": 1, "measure": True}
+        )
     return cfg, {p: j for p, j in sorted(jobs.items()) if j}, _skip_too_big(jobs, m, patch, args.force)
 
 
@@ -102,7 +171,9 @@ def _skip_too_big(jobs: dict[int, list[dict]], m, patch: int, force: bool) -> li
             need = p * _estimate_rank_bytes(m, tokens(job["side"], patch) // p)
             job["estimated_total_bytes"] = need
             if need > available - GIB and not force:
-                job["skip"] = (f"estimated {need / GIB:.1f} GiB for {p} ranks but {available / GIB:.1f} GiB available "
-                               f"(--force runs it anyway)")
+                job["skip"] = (
+                    f"estimated {need / GIB:.1f} GiB for {p} ranks but {available / GIB:.1f} GiB available "
+                    f"(--force runs it anyway)"
+                )
                 notes.append(f"{job['part']} {job['side']}x{job['side']} P={p}: skipped, {job['skip']}")
     return notes

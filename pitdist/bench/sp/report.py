@@ -45,33 +45,59 @@ def aggregate(results: dict[int, list[list[dict]]], args, cfg, threads: dict[int
             ranks = [per_rank[r][j] for r in range(p)]
             first = ranks[0]
             if "skipped" in first:
-                report["skipped"].append({"part": first["part"], "sp": p, "side": first.get("side"),
-                                          "reason": first["skipped"]})
+                report["skipped"].append(
+                    {"part": first["part"], "sp": p, "side": first.get("side"), "reason": first["skipped"]}
+                )
                 continue
             if first["part"] == "step":
                 if "memory" in args.parts and first["side"] == args.image_size:
-                    mem_rows.append({"sp": p, "side": first["side"], "tokens": first["tokens"],
-                                     "tokens_per_rank": first["tokens_per_rank"], **_mem(ranks)})
+                    mem_rows.append(
+                        {
+                            "sp": p,
+                            "side": first["side"],
+                            "tokens": first["tokens"],
+                            "tokens_per_rank": first["tokens_per_rank"],
+                            **_mem(ranks),
+                        }
+                    )
                 if "time" in args.parts and first["side"] in args.time_sizes:
-                    time_rows.append({"sp": p, "side": first["side"], "tokens": first["tokens"],
-                                      "threads_per_rank": threads[p], "warmup": args.warmup,
-                                      "steps": args.steps, **_median_total(ranks)})
+                    time_rows.append(
+                        {
+                            "sp": p,
+                            "side": first["side"],
+                            "tokens": first["tokens"],
+                            "threads_per_rank": threads[p],
+                            "warmup": args.warmup,
+                            "steps": args.steps,
+                            **_median_total(ranks),
+                        }
+                    )
             elif first["part"] == "search":
                 row = {"sp": p, "threads_per_rank": threads[p], **{k: v for k, v in first.items() if k != "confirm"}}
                 if "confirm" in first:
                     confirm = [r["confirm"] for r in ranks]
-                    row["confirm"] = {"side": confirm[0]["side"], "tokens": confirm[0]["tokens"],
-                                      "step_s": _median_total(confirm)["total_s"], "loss": confirm[0]["losses"][0],
-                                      **_mem(confirm)}
+                    row["confirm"] = {
+                        "side": confirm[0]["side"],
+                        "tokens": confirm[0]["tokens"],
+                        "step_s": _median_total(confirm)["total_s"],
+                        "loss": confirm[0]["losses"][0],
+                        **_mem(confirm),
+                    }
                 search_rows.append(row)
             else:  # big, train
                 report[first["part"]] = {
-                    "sp": p, "side": first["side"], "tokens": first["tokens"], "tokens_per_rank": first["tokens_per_rank"],
-                    "threads_per_rank": threads[p], "steps": len(first["times"]),
+                    "sp": p,
+                    "side": first["side"],
+                    "tokens": first["tokens"],
+                    "tokens_per_rank": first["tokens_per_rank"],
+                    "threads_per_rank": threads[p],
+                    "steps": len(first["times"]),
                     "step_s": _slowest(ranks, "total_s"),
                     "forward_s": _slowest(ranks, "forward_s"),
                     "backward_s": _slowest(ranks, "backward_s"),
-                    "losses": first["losses"], **_mem(ranks)}
+                    "losses": first["losses"],
+                    **_mem(ranks),
+                }
     if mem_rows:
         base = next((r["saved_bytes_max"] for r in mem_rows if r["sp"] == 1), None)
         for r in mem_rows:
@@ -96,51 +122,135 @@ def _mib(n) -> str:
 def render(report: dict) -> str:
     out = []
     m = report["model"]
-    out.append(f"pitdist bench sp: PiT dim {m['dim']}, {m['depth']} layers, {m['heads']} heads, mlp {m['mlp_ratio']}, "
-               f"pos_embed {m['pos_embed']}, patch {m['patch_size']}, {m['params']:,} parameters; ZeRO 0, fp32, batch 1; "
-               f"gloo ranks on {report['machine']['cores']} cores, torch threads per rank = max(1, "
-               f"{report['machine']['cores']} // P): " + ", ".join(f"P={p}: {t}" for p, t in report["threads_per_rank"].items())
-               + (" (P above the core count oversubscribes)" if max(map(int, report["threads_per_rank"])) > report["machine"]["cores"] else ""))
+    out.append(
+        f"pitdist bench sp: PiT dim {m['dim']}, {m['depth']} layers, {m['heads']} heads, mlp {m['mlp_ratio']}, "
+        f"pos_embed {m['pos_embed']}, patch {m['patch_size']}, {m['params']:,} parameters; ZeRO 0, fp32, batch 1; "
+        f"gloo ranks on {report['machine']['cores']} cores, torch threads per rank = max(1, "
+        f"{report['machine']['cores']} // P): "
+        + ", ".join(f"P={p}: {t}" for p, t in report["threads_per_rank"].items())
+        + (
+            " (P above the core count oversubscribes)"
+            if max(map(int, report["threads_per_rank"])) > report["machine"]["cores"]
+            else ""
+        )
+    )
     if report["memory"]:
         mem = report["memory"]
-        out.append(f"\nActivation memory per rank, {mem['side']}x{mem['side']} image ({mem['rows'][0]['tokens']} tokens): bytes "
-                   f"autograd saves in one forward (distinct storages, parameters excluded)")
-        out.append(table(
-            ["P", "tokens/rank", "saved MiB/rank", "ratio to P=1", "ideal 1/P", "naive sum MiB", "saved params MiB",
-             "peak RSS delta MiB (process, per rank)"],
-            [[r["sp"], r["tokens_per_rank"], _mib(r["saved_bytes_max"]), f"{r['ratio_to_p1']:.3f}", f"{1 / r['sp']:.3f}",
-              _mib(r["naive_bytes_max"]), _mib(r["param_bytes_saved"]),
-              " ".join(_mib(x) for x in r["peak_rss_delta_bytes_per_rank"])] for r in mem["rows"]]))
-        out.append(f"(peak RSS delta: whole-process resident-set growth during that step, method {mem['rows'][0]['rss_method']}; "
-                   f"includes gradients, optimizer state and allocator slack, not only activations)")
+        out.append(
+            f"\nActivation memory per rank, {mem['side']}x{mem['side']} image ({mem['rows'][0]['tokens']} tokens): "
+            f"bytes autograd saves in one forward (distinct storages, parameters excluded)"
+        )
+        out.append(
+            table(
+                [
+                    "P",
+                    "tokens/rank",
+                    "saved MiB/rank",
+                    "ratio to P=1",
+                    "ideal 1/P",
+                    "naive sum MiB",
+                    "saved params MiB",
+                    "peak RSS delta MiB (process, per rank)",
+                ],
+                [
+                    [
+                        r["sp"],
+                        r["tokens_per_rank"],
+                        _mib(r["saved_bytes_max"]),
+                        f"{r['ratio_to_p1']:.3f}",
+                        f"{1 / r['sp']:.3f}",
+                        _mib(r["naive_bytes_max"]),
+                        _mib(r["param_bytes_saved"]),
+                        " ".join(_mib(x) for x in r["peak_rss_delta_bytes_per_rank"]),
+                    ]
+                    for r in mem["rows"]
+                ],
+            )
+        )
+        out.append(
+            "(peak RSS delta: whole-process resident-set growth during that step, method "
+            f"{mem['rows'][0]['rss_method']}; includes gradients, optimizer state and allocator slack, "
+            "not only activations)"
+        )
     if report["time"]:
         out.append("\nStep time (forward + backward + AdamW step, slowest rank, median of timed steps)")
-        out.append(table(["image", "tokens", "P", "threads/rank", "fwd s", "bwd s", "opt s", "step s", "ratio to P=1"],
-                          [[f"{r['side']}x{r['side']}", r["tokens"], r["sp"], r["threads_per_rank"], f"{r['forward_s']:.3f}",
-                            f"{r['backward_s']:.3f}", f"{r['optimizer_s']:.3f}", f"{r['total_s']:.3f}",
-                            f"{r['ratio_to_p1']:.2f}"] for r in report["time"]["rows"]]))
+        out.append(
+            table(
+                ["image", "tokens", "P", "threads/rank", "fwd s", "bwd s", "opt s", "step s", "ratio to P=1"],
+                [
+                    [
+                        f"{r['side']}x{r['side']}",
+                        r["tokens"],
+                        r["sp"],
+                        r["threads_per_rank"],
+                        f"{r['forward_s']:.3f}",
+                        f"{r['backward_s']:.3f}",
+                        f"{r['optimizer_s']:.3f}",
+                        f"{r['total_s']:.3f}",
+                        f"{r['ratio_to_p1']:.2f}",
+                    ]
+                    for r in report["time"]["rows"]
+                ],
+            )
+        )
     if report["search"]:
         s = report["search"]
-        out.append(f"\nLargest trainable square image under {s['cap_bytes'] / GIB:.3g} GiB of saved activations per rank")
+        out.append(
+            f"\nLargest trainable square image under {s['cap_bytes'] / GIB:.3g} GiB of saved activations per rank"
+        )
         rows = []
         for r in s["rows"]:
             c = r.get("confirm") or {}
-            rows.append([r["sp"], r.get("largest_side") or "-", c.get("tokens", "-"), _mib(c.get("saved_bytes_max")),
-                         r.get("smallest_over_side") or "-",
-                         "-" if r.get("fit_bytes_per_token") is None else f"{r['fit_bytes_per_token'] / 1024:.1f}",
-                         f"{c['step_s']:.1f}" if c else "-", len(r.get("probes", []))])
-        out.append(table(["P", "largest side", "tokens", "saved MiB/rank", "first side over", "KiB/token/rank (fit)",
-                           "confirm step s", "probes"], rows))
+            rows.append(
+                [
+                    r["sp"],
+                    r.get("largest_side") or "-",
+                    c.get("tokens", "-"),
+                    _mib(c.get("saved_bytes_max")),
+                    r.get("smallest_over_side") or "-",
+                    "-" if r.get("fit_bytes_per_token") is None else f"{r['fit_bytes_per_token'] / 1024:.1f}",
+                    f"{c['step_s']:.1f}" if c else "-",
+                    len(r.get("probes", [])),
+                ]
+            )
+        out.append(
+            table(
+                [
+                    "P",
+                    "largest side",
+                    "tokens",
+                    "saved MiB/rank",
+                    "first side over",
+                    "KiB/token/rank (fit)",
+                    "confirm step s",
+                    "probes",
+                ],
+                rows,
+            )
+        )
     for part, title in (("big", "One full training step"), ("train", "Training steps")):
         r = report[part]
         if r:
-            out.append(f"\n{title}: {r['side']}x{r['side']} image ({r['tokens']:,} tokens), P={r['sp']} "
-                       f"({r['tokens_per_rank']:,} tokens/rank, {r['threads_per_rank']} thread(s)/rank)")
-            out.append(table(["step", "step s", "fwd s", "bwd s", "loss"],
-                              [[i + 1, f"{t:.1f}", f"{f:.1f}", f"{b:.1f}", f"{l:.4f}"]
-                               for i, (t, f, b, l) in enumerate(zip(r["step_s"], r["forward_s"], r["backward_s"], r["losses"]))]))
-            out.append(f"saved activations per rank MiB: {' '.join(_mib(x) for x in r['saved_bytes_per_rank'])}; "
-                       f"peak RSS delta per rank MiB (process): {' '.join(_mib(x) for x in r['peak_rss_delta_bytes_per_rank'])}")
+            out.append(
+                f"\n{title}: {r['side']}x{r['side']} image ({r['tokens']:,} tokens), P={r['sp']} "
+                f"({r['tokens_per_rank']:,} tokens/rank, {r['threads_per_rank']} thread(s)/rank)"
+            )
+            out.append(
+                table(
+                    ["step", "step s", "fwd s", "bwd s", "loss"],
+                    [
+                        [i + 1, f"{t:.1f}", f"{f:.1f}", f"{b:.1f}", f"{loss:.4f}"]
+                        for i, (t, f, b, loss) in enumerate(
+                            zip(r["step_s"], r["forward_s"], r["backward_s"], r["losses"])
+                        )
+                    ],
+                )
+            )
+            out.append(
+                f"saved activations per rank MiB: {' '.join(_mib(x) for x in r['saved_bytes_per_rank'])}; "
+                "peak RSS delta per rank MiB (process): "
+                f"{' '.join(_mib(x) for x in r['peak_rss_delta_bytes_per_rank'])}"
+            )
     for s in report["skipped"]:
         out.append(f"\nSKIPPED {s['part']} P={s['sp']} side={s['side']}: {s['reason']}")
     return "\n".join(out)

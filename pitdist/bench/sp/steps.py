@@ -46,7 +46,7 @@ def phases(timer, counter: SavedTensorCounter | None):
 
     @contextlib.contextmanager
     def phase(name: str):
-        with timer.phase(name), (counting(counter) if name == Phase.FORWARD else contextlib.nullcontext()):
+        with timer.phase(name), counting(counter) if name == Phase.FORWARD else contextlib.nullcontext():
             yield
 
     return phase
@@ -73,10 +73,24 @@ def step_job(cfg, mesh, job: dict, channels: int) -> dict:
         if measure:
             memory = {**counter.summary(), **rss_delta(mark)}
         if i >= job["warmup"]:
-            times.append({"forward_s": t["forward"], "backward_s": t["backward"], "optimizer_s": t["optimizer"],
-                          "total_s": t.total_s})
+            times.append(
+                {
+                    "forward_s": t["forward"],
+                    "backward_s": t["backward"],
+                    "optimizer_s": t["optimizer"],
+                    "total_s": t.total_s,
+                }
+            )
         losses.append(float(record.loss))
     del engine, batch, record
     gc.collect()
-    return {"kind": "step", "part": job["part"], "side": job["side"], "tokens": num_tokens,
-            "tokens_per_rank": num_tokens // mesh.sp, "times": times, "losses": losses, "memory": memory}
+    return {
+        "kind": "step",
+        "part": job["part"],
+        "side": job["side"],
+        "tokens": num_tokens,
+        "tokens_per_rank": num_tokens // mesh.sp,
+        "times": times,
+        "losses": losses,
+        "memory": memory,
+    }
