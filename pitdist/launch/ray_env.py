@@ -24,10 +24,11 @@ The settings are defaults: a variable the user has set wins. A cluster pitdist a
 
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 import os
-from pathlib import Path
+import tempfile
 
 RAY_DATA_DEPRECATION = "ignore:`ExecutionOptions.exclude_resources` is deprecated"
 
@@ -58,12 +59,8 @@ def ray_data_logging_config() -> dict:
     return config
 
 
-def use_embedded_cluster_env(run_dir: Path) -> None:
-    """Set this process's environment (inherited by the cluster ``ray.init`` starts) as described above.
-
-    The Ray Data logging config is written into the run directory, where it records how Ray Data logged.
-    """
-    import yaml  # Ray's dependency, and what Ray Data reads the file with
+def use_embedded_cluster_env() -> None:
+    """Set this process's environment (inherited by the cluster ``ray.init`` starts) as described above."""
     from ray._private.authentication import authentication_token_setup
 
     from pitdist.distributed.comm import bind_gloo_to_loopback
@@ -76,7 +73,23 @@ def use_embedded_cluster_env(run_dir: Path) -> None:
     warnings = [w for w in os.environ.get("PYTHONWARNINGS", "").split(",") if w]
     if RAY_DATA_DEPRECATION not in warnings:
         os.environ["PYTHONWARNINGS"] = ",".join([*warnings, RAY_DATA_DEPRECATION])
-    if "RAY_DATA_LOGGING_CONFIG" not in os.environ:
-        path = run_dir / "ray_data_logging.yaml"
-        path.write_text(yaml.safe_dump(ray_data_logging_config()))
-        os.environ["RAY_DATA_LOGGING_CONFIG"] = str(path.absolute())
+    if "RAY_DATA_LOGGING_CONFIG" not in os.environ or os.environ["RAY_DATA_LOGGING_CONFIG"] == _logging_file:
+        os.environ["RAY_DATA_LOGGING_CONFIG"] = _write_ray_data_logging_config()
+
+
+_logging_file: str | None = None
+
+
+def _write_ray_data_logging_config() -> str:
+    """A temporary file, once per process, removed when the process exits: not in the run directory,
+    which a run refused after the cluster started must leave empty."""
+    import yaml  # Ray's dependency, and what Ray Data reads the file with
+
+    global _logging_file
+    if _logging_file is None or not os.path.exists(_logging_file):
+        fd, path = tempfile.mkstemp(prefix="pitdist-ray-data-logging-", suffix=".yaml")
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(ray_data_logging_config(), f)
+        atexit.register(lambda: os.path.exists(path) and os.remove(path))
+        _logging_file = path
+    return _logging_file

@@ -77,7 +77,7 @@ def record_worker(run_dir: Path, rank: int) -> None:
     (path / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}))
 
 
-def init_ray(cfg: JobConfig, run_dir: Path) -> None:
+def init_ray(cfg: JobConfig) -> None:
     import ray
 
     from pitdist.launch.ray_env import use_embedded_cluster_env
@@ -92,7 +92,7 @@ def init_ray(cfg: JobConfig, run_dir: Path) -> None:
         # stays on: Ray Train's placement-group cleaner polls its state API (and complains every
         # second without it), and a Ray user expects to watch the run there.
         world = cfg.parallel.world_size
-        use_embedded_cluster_env(run_dir)
+        use_embedded_cluster_env()
         ray.init(
             num_cpus=max(os.cpu_count() or 1, world + 1),
             include_dashboard=True,
@@ -110,7 +110,7 @@ def launch_ray(cfg: JobConfig, run_dir: Path) -> RunResult:
     from pitdist.distributed.comm import pick_backend
 
     world = cfg.parallel.world_size
-    init_ray(cfg, run_dir)
+    init_ray(cfg)
     try:
         # "auto": a GPU per worker when the cluster has GPUs (the driver itself may have none).
         gpus = int(ray.cluster_resources().get("GPU", 0))
