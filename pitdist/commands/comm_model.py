@@ -67,32 +67,18 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     except ConfigError as exc:
         print(f"pitdist comm-model: error: {exc}", file=sys.stderr)
         return 2
-    if args.schemes:
-        print(
-            scheme_table(
-                cfg.model,
-                (h, w, c),
-                args.classes,
-                args.batch,
-                args.dp,
-                sps,
-                args.zero,
-                cfg.optim.grad_clip,
-                variants,
-                args.bytes,
-            )
-        )
-        return 0
-    from pitdist.parallel_dims import MeshError, ParallelDims
+    if not args.schemes:
+        from pitdist.parallel_dims import MeshError, ParallelDims
 
-    n = (h // cfg.model.patch_size) * (w // cfg.model.patch_size)
-    for sp in sps:
-        try:  # a projection may go where Ulysses cannot: say so, but still compute it
-            ParallelDims(args.dp, sp).validate(heads=cfg.model.num_heads, num_tokens=n)
-        except MeshError as exc:
-            print(f"note: pitdist would refuse P = {sp} here: {exc}")
+        n = (h // cfg.model.patch_size) * (w // cfg.model.patch_size)
+        for sp in sps:
+            try:  # a projection may go where Ulysses cannot: say so, but still compute it
+                ParallelDims(args.dp, sp).validate(heads=cfg.model.num_heads, num_tokens=n)
+            except MeshError as exc:
+                print(f"note: pitdist would refuse P = {sp} here: {exc}")
+    table = scheme_table if args.schemes else projection_table
     print(
-        projection_table(
+        table(
             cfg.model,
             (h, w, c),
             args.classes,
