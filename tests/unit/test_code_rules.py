@@ -44,3 +44,17 @@ def test_code_is_ruff_formatted():
 def test_code_passes_ruff_check():
     proc = run("ruff", "check", "pitdist", "tests")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_no_module_imports_itself_through_others():
+    # grimp (import-linter's graph) counts imports inside functions too: a cycle there is a cycle.
+    import grimp
+
+    graph = grimp.build_graph("pitdist")
+    cycles = []
+    for module in sorted(graph.modules):
+        for imported in graph.find_modules_directly_imported_by(module):
+            chain = graph.find_shortest_chain(importer=imported, imported=module)
+            if chain:
+                cycles.append(" -> ".join((module, *chain)))
+    assert cycles == [], "\n".join(cycles)
