@@ -16,6 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+# The job `pitdist train`, `comm-report` and the job-running benchmarks use when --config is not given.
+DEFAULT_JOB = "jobs/digits.toml"
+
+
+def default_job(config: str | None) -> str | None:
+    """``config``, else the default job file when it exists here, else None (the built-in defaults)."""
+    return config or (DEFAULT_JOB if Path(DEFAULT_JOB).exists() else None)
+
 
 class ConfigError(ValueError):
     """A setting is unknown, mistyped or impossible. The message names it and the fix."""

@@ -15,15 +15,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-# The job `pitdist train`, `comm-report` and the job-running benchmarks use when --config is not given.
-DEFAULT_JOB = "jobs/digits.toml"
-
-
-def default_job(config: str | None) -> str | None:
-    """``config``, else the default job file when it exists here, else None (the built-in defaults)."""
-    return config or (DEFAULT_JOB if os.path.exists(DEFAULT_JOB) else None)
-
-
 # --- options -----------------------------------------------------------------------------------------
 
 

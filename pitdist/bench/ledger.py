@@ -13,7 +13,8 @@ import statistics
 import time
 from pathlib import Path
 
-from pitdist.bench.common import DEFAULT_JOB, default_job, json_path, option_error, write_json
+from pitdist.bench.common import json_path, option_error, write_json
+from pitdist.config import DEFAULT_JOB, default_job
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from pitdist.bench.common import DEFAULT_JOB, default_job, stamp, write_json
+from pitdist.bench.common import stamp, write_json
+from pitdist.config import DEFAULT_JOB, default_job
 
 SETTINGS = {
     "local": ["--launcher", "local", "--data.loader", "memory"],

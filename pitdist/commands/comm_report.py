@@ -7,8 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pitdist.commands.common import DEFAULT_JOB, default_job, int_list
-from pitdist.config import ConfigError
+from pitdist.commands.common import int_list
+from pitdist.config import DEFAULT_JOB, ConfigError, default_job
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

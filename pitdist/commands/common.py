@@ -1,11 +1,8 @@
-"""What the command modules share: the default job file and comma-separated integer options."""
+"""What the command modules share: comma-separated integer options."""
 
 from __future__ import annotations
 
-from pitdist.bench.common import DEFAULT_JOB, default_job
 from pitdist.config import ConfigError
-
-__all__ = ["DEFAULT_JOB", "default_job", "int_list"]
 
 
 def int_list(option: str, text: str) -> list[int]:

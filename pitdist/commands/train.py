@@ -7,8 +7,7 @@ import math
 import sys
 import textwrap
 
-from pitdist.commands.common import DEFAULT_JOB, default_job
-from pitdist.config import ConfigError, load_config
+from pitdist.config import DEFAULT_JOB, ConfigError, default_job, load_config
 
 TRAIN_EPILOG = textwrap.dedent(
     """\
