@@ -44,6 +44,19 @@ MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
 }
 
 PosEmbedKind = Literal["none", "sincos", "learned"]
+CheckpointingPolicy = Literal["none", "full", "selective", "local"]
+ACTIVATION_CHECKPOINTING: tuple[str, ...] = typing.get_args(CheckpointingPolicy)
+
+
+def checkpointed_blocks(depth: int, policy: str, every: int = 2) -> list[int]:
+    """The blocks an activation-checkpointing policy checkpoints whole: all for "full", every k-th for
+    "selective" (blocks k-1, 2k-1, ... as torchtitan picks them), none otherwise ("local" checkpoints
+    the stages of every block instead)."""
+    if policy == "full":
+        return list(range(depth))
+    if policy == "selective":
+        return [i for i in range(depth) if (i + 1) % every == 0]
+    return []
 
 
 @dataclass
@@ -207,6 +220,13 @@ class TrainConfig:
     # "auto": bf16 on CUDA, fp32 on CPU.
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
     threads: int = 0  # torch intra-op threads per process; 0 = cores / processes
+    # What backward recomputes instead of keeping (pitdist.distributed.checkpointing): "none"; "full"
+    # (keep each block's input, re-run the block and its all-to-alls / ring hops); "selective"
+    # (torchtitan's op policy: keep attention outputs and every other matmul); "local" (recompute only
+    # the computation between collectives: no byte re-sent).
+    activation_checkpointing: CheckpointingPolicy = "none"
+    # selective: checkpoint every k-th block (torchtitan's selective_ac_option = "k").
+    selective_every: int = 2
     output_dir: str = "runs"
     # Save a DeepSpeed checkpoint (every rank's ZeRO state, scheduler, step, losses) every N steps and
     # at the last step; 0 = none (model.pt, the consolidated weights, is always written).
@@ -237,6 +257,7 @@ class TrainConfig:
         _require(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")
         _require(self.eval_batch_size >= 1, "train.eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
         _require(self.threads >= 0, "train.threads", f"must be >= 0 (0 = automatic), got {self.threads}")
+        _require(self.selective_every >= 1, "train.selective_every", f"must be >= 1, got {self.selective_every}")
 
 
 @dataclass

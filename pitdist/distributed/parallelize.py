@@ -9,7 +9,8 @@ Three swaps, nothing else in the model changes:
   * the mean pool -> a sum over local tokens, all-reduced over the SP group, divided by the global N;
   * optionally, a learned position table -> this rank's rows only (``model.shard_pos_embed``),
     reduced over the DP group only (pitdist.distributed.sharded_pe).
-Each rank then feeds the model its own token slice with the slice's global positions.
+Each rank then feeds the model its own token slice with the slice's global positions. Activation
+checkpointing is applied here too, on one rank as on many (pitdist.distributed.checkpointing).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 
 from pitdist.config import ModelConfig
 from pitdist.distributed import comm, sharded_pe
+from pitdist.distributed.checkpointing import Recomputed, apply_activation_checkpointing
 from pitdist.distributed.mesh import Mesh
 from pitdist.distributed.ring_attention import RingAttention
 from pitdist.models.pit import PiT
@@ -64,23 +66,28 @@ def gradient_elements(model: nn.Module) -> tuple[int, int]:
     return engine, pe.weight.numel() if isinstance(pe, LearnedPosEmbed) else 0
 
 
-def parallelize(model: PiT, mesh: Mesh, cfg: ModelConfig) -> PiT:
-    """Make ``model`` compute, on this rank's token slice, its share of the single-device result."""
-    if mesh.sp == 1:
-        return model
+def parallelize(
+    model: PiT, mesh: Mesh, cfg: ModelConfig, activation_checkpointing: str = "none", selective_every: int = 2
+) -> PiT:
+    """Make ``model`` compute, on this rank's token slice, its share of the single-device result,
+    keeping for backward what ``activation_checkpointing`` keeps (train.activation_checkpointing and
+    train.selective_every)."""
     for block in model.blocks:
         inner = block.attn.inner_attention
+        if activation_checkpointing == "local" and mesh.ring == 1:
+            inner = Recomputed(inner)  # purely local between the all-to-alls: recompute it too
         if mesh.ring > 1:
             inner = RingAttention(mesh.ring_group)
         if mesh.ulysses > 1:
             inner = UlyssesAttention(inner, mesh.ulysses_group)
         block.attn.inner_attention = inner
-    model.pool = SequenceParallelMeanPool(mesh.sp_group, model.num_tokens)
-    if cfg.shard_pos_embed:
+    if mesh.sp > 1:
+        model.pool = SequenceParallelMeanPool(mesh.sp_group, model.num_tokens)
+    if cfg.shard_pos_embed and mesh.sp > 1:
         lo, hi = mesh.token_range(model.num_tokens)
         sharded_pe.register_groups(mesh)
         model.pos_embed = sharded_pe.ShardedLearnedPosEmbed(model.pos_embed.weight[lo:hi], lo, mesh.sp)
-    return model
+    return apply_activation_checkpointing(model, activation_checkpointing, selective_every)
 
 
 def consolidated_state_dict(model: PiT, mesh: Mesh) -> dict[str, torch.Tensor]:

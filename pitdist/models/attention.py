@@ -34,8 +34,16 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.inner_attention: nn.Module = SDPAttention()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def project_in(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[b, n, dim] -> q, k, v of shape [b, n, heads, dim / heads]."""
         b, n, dim = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, dim // self.heads).unbind(dim=2)
-        out = self.inner_attention(q.contiguous(), k.contiguous(), v.contiguous())
-        return self.proj(out.reshape(b, n, dim))
+        return q.contiguous(), k.contiguous(), v.contiguous()
+
+    def project_out(self, attended: torch.Tensor) -> torch.Tensor:
+        """The inner attention's [b, n, heads, dim / heads] -> [b, n, dim]."""
+        b, n, heads, head_dim = attended.shape
+        return self.proj(attended.reshape(b, n, heads * head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project_out(self.inner_attention(*self.project_in(x)))

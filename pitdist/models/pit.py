@@ -2,11 +2,15 @@
 
 The model knows nothing about distribution. It takes tokens and their GLOBAL positions, so a rank
 that holds tokens [lo, hi) of an image runs the very same module; sequence parallelism only swaps the
-inner attention and the pooling (pitdist.distributed.parallelize). Global average pooling instead of
-a CLS token keeps the sequence at H*W/p^2 tokens, which must divide evenly over the SP ranks.
+inner attention and the pooling, and activation checkpointing only the functions that run a block
+and its local stages (pitdist.distributed.parallelize). Global average pooling instead of a CLS
+token keeps the sequence at H*W/p^2 tokens, which must divide evenly over the SP ranks.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,8 +57,22 @@ class MLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def run(stage: Callable[..., Any], *inputs: Any) -> Any:
+    """Run a piece of the model as it is written: the default of the ``run_block`` / ``run_stage`` slots."""
+    return stage(*inputs)
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block."""
+    """Pre-norm transformer block, written as two local stages around the inner attention:
+
+        q, k, v  = project_in(x)                        norm1, qkv projection
+        attended = attn.inner_attention(q, k, v)        the only part that may talk to other ranks
+        y        = project_out(x, attended)             output projection, residual, norm2, MLP, residual
+
+    ``run_stage(stage, *inputs)`` runs each local stage; activation checkpointing swaps it (and the
+    model's ``run_block``) for one that recomputes in backward (pitdist.distributed.checkpointing), as
+    sequence parallelism swaps the inner attention.
+    """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float):
         super().__init__()
@@ -62,10 +80,18 @@ class Block(nn.Module):
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
+        self.run_stage: Callable[..., Any] = run
+
+    def project_in(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.attn.project_in(self.norm1(x))
+
+    def project_out(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn.project_out(attended)
+        return x + self.mlp(self.norm2(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        q, k, v = self.run_stage(self.project_in, x)
+        return self.run_stage(self.project_out, x, self.attn.inner_attention(q, k, v))
 
 
 class PiT(nn.Module):
@@ -91,6 +117,7 @@ class PiT(nn.Module):
         self.embed = nn.Linear(channels * patch_size * patch_size, dim)
         self.pos_embed = build_pos_embed(pos_embed, self.grid, dim)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
+        self.run_block: Callable[..., Any] = run  # (block, x) -> block(x); see Block
         self.norm = nn.LayerNorm(dim)
         self.pool: nn.Module = MeanPool()
         self.head = nn.Linear(dim, num_classes)
@@ -108,7 +135,7 @@ class PiT(nn.Module):
             positions = torch.arange(self.num_tokens, device=tokens.device)
         x = self.pos_embed(self.embed(tokens), positions)
         for block in self.blocks:
-            x = block(x)
+            x = self.run_block(block, x)
         return self.head(self.pool(self.norm(x)))
 
     def forward_images(self, pixels: torch.Tensor) -> torch.Tensor:

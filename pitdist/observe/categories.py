@@ -41,6 +41,8 @@ class Phase(StrEnum):
     DATA = "data"
     FORWARD = "forward"
     BACKWARD = "backward"
+    # Inside backward: activation checkpointing re-running a forward (pitdist.distributed.checkpointing).
+    RECOMPUTE = "recompute"
     OPTIMIZER = "optimizer"
     METRICS = "metrics"
     CHECKPOINT = "checkpoint"
@@ -48,7 +50,7 @@ class Phase(StrEnum):
 
 
 # The phases of a training step; init, eval and checkpoint traffic are not per-step.
-STEP_PHASES = (Phase.DATA, Phase.FORWARD, Phase.BACKWARD, Phase.OPTIMIZER, Phase.METRICS)
+STEP_PHASES = (Phase.DATA, Phase.FORWARD, Phase.BACKWARD, Phase.RECOMPUTE, Phase.OPTIMIZER, Phase.METRICS)
 
 # Categories whose records say which transformer block they belong to.
 LAYER_CATEGORIES = (Category.ATTENTION_A2A, Category.ATTENTION_RING)

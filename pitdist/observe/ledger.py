@@ -271,6 +271,21 @@ def tag(category: str) -> Iterator[None]:
             yield
 
 
+@contextlib.contextmanager
+def recomputing() -> Iterator[None]:
+    """Attribute the collectives issued inside to the recompute phase, keeping the current layer: activation
+    checkpointing re-running part of a forward inside backward (no-op when nothing records)."""
+    ledger = _installed
+    if ledger is None:
+        yield
+        return
+    previous, ledger.phase = ledger.phase, Phase.RECOMPUTE
+    try:
+        yield
+    finally:
+        ledger.phase = previous
+
+
 def record_wait(op: str, group, seconds: float) -> None:
     """Add the seconds spent waiting for asynchronous ``op`` calls (isend/irecv, recorded when they
     were issued, under the same category) to their record, without counting a call."""

@@ -8,11 +8,13 @@ all-gather s(W-1), all-to-all n(W-1)/W).
 
     attention_a2a     8 per layer (q, k, v, out; forward and backward), each a [b, N/P, D] shard:
                       handed 8*L*b*N*D*e/P, sent that * (U-1)/U (U = P for plain Ulysses).
-                      Same for every PE variant.
+                      Same for every PE variant. Activation checkpointing that re-runs c blocks
+                      whole (full: c = L; selective: L // k) adds their forward's 4 each in backward.
     attention_ring    ring attention over R ranks (U = 1: plain ring; U > 1: after Ulysses). One
                       message is a K+V block, N/R tokens x D/U channels: m = 2*b*N*D*e/P. Per layer
                       forward R-1 hops, backward R-1 hops of K+V and R of the dK+dV accumulators:
-                      3R-2 isends of m (sent) and as many irecvs of m (handed, nothing sent).
+                      3R-2 isends of m (sent) and as many irecvs of m (handed, nothing sent);
+                      a block re-run by activation checkpointing adds its forward's R-1.
     pooling           sum all-reduce of [b, D] over the SP group, forward and backward.
     grad_reduce       DeepSpeed 0.19 all-reduces every gradient over the W ranks of the
                       sequence-data-parallel group in one bucket (ZeRO 0, 1 and 2 alike).
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pitdist.config import JobConfig, ModelConfig
+from pitdist.config import JobConfig, ModelConfig, checkpointed_blocks
 from pitdist.observe.categories import LAYER_CATEGORIES, Category
 
 
@@ -84,8 +86,13 @@ def step_traffic(
     bytes_per_element: int = 4,
     streamed_data: bool = False,
     ring: int = 1,
+    activation_checkpointing: str = "none",
+    selective_every: int = 2,
 ) -> dict[str, Traffic]:
     """Per-rank, per-step traffic by category. ``batch_size`` is the global batch (b = batch / Q).
+
+    ``activation_checkpointing``: the blocks it checkpoints whole re-send their forward's exchanges in
+    backward (``attention_traffic``; the ledger's recompute phase); ``local`` re-sends nothing.
 
     ``streamed_data``: the Ray Data loader, whose SP group all-gathers each worker's b/P images
     (uint8 pixels, then id and label as two int64) so that every SP rank holds the group's batch.
@@ -101,13 +108,8 @@ def step_traffic(
     out: dict[str, Traffic] = {}
 
     if p_ > 1:
-        u = p_ // ring
-        if u > 1:
-            a2a = 8 * layers * b * n * d * e / p_
-            out[Category.ATTENTION_A2A] = Traffic(8 * layers, a2a, a2a * (u - 1) / u)
-        if ring > 1:
-            block, hops = 2 * b * n * d * e / p_, 3 * ring - 2
-            out[Category.ATTENTION_RING] = Traffic(2 * hops * layers, 2 * hops * layers * block, hops * layers * block)
+        recomputed = len(checkpointed_blocks(layers, activation_checkpointing, selective_every))
+        out.update(attention_traffic(b * n * d * e / p_, p_, ring, layers, recomputed))
         pool = 2 * b * d * e
         out[Category.POOLING] = Traffic(2, pool, 2 * pool * (p_ - 1) / p_)
 
@@ -147,6 +149,48 @@ def step_traffic(
     return out
 
 
+def attention_traffic(shard: float, sp: int, ring: int, layers: int, recomputed: int) -> dict[str, Traffic]:
+    """Attention's exchanges in a step of ``layers`` layers (forward and backward) of which ``recomputed``
+    re-run their forward in backward; ``shard`` = b * N * D * e / P, one [b, N/P, D] shard.
+
+    A Ulysses layer sends 4 all-to-alls of a shard forward and 4 backward; a ring layer R - 1 K/V hops
+    of m = 2 * shard forward and 2R - 1 backward. A recomputed forward repeats the forward's: 4 more
+    all-to-alls, R - 1 more hops.
+    """
+    u = sp // ring
+    out: dict[str, Traffic] = {}
+    if u > 1:
+        calls = 8 * layers + 4 * recomputed
+        out[Category.ATTENTION_A2A] = Traffic(calls, calls * shard, calls * shard * (u - 1) / u)
+    if ring > 1:
+        m, hops = 2 * shard, (3 * ring - 2) * layers + (ring - 1) * recomputed
+        out[Category.ATTENTION_RING] = Traffic(2 * hops, 2 * hops * m, hops * m)
+    return out
+
+
+def recompute_traffic(
+    model: ModelConfig,
+    image_shape: tuple[int, int, int],
+    batch_size: int,
+    dp: int,
+    sp: int,
+    ring: int,
+    activation_checkpointing: str,
+    selective_every: int = 2,
+    bytes_per_element: int = 4,
+) -> dict[str, Traffic]:
+    """The part of ``step_traffic`` sent in the recompute phase: checkpointed blocks' forward exchanges."""
+    if sp == 1:
+        return {}
+    h, w, _ = image_shape
+    n = (h // model.patch_size) * (w // model.patch_size)
+    recomputed = len(checkpointed_blocks(model.num_layers, activation_checkpointing, selective_every))
+    if not recomputed:
+        return {}
+    shard = (batch_size // dp) * n * model.width * bytes_per_element / sp
+    return {k: v for k, v in attention_traffic(shard, sp, ring, 0, recomputed).items() if v.count}
+
+
 def _zero_partition(elements: int, ranks: int) -> int:
     """Elements of one rank's ZeRO partition: DeepSpeed pads a group to a multiple of 2 * ranks."""
     return -(-elements // (2 * ranks)) * 2 * ranks // ranks
@@ -168,6 +212,8 @@ def job_traffic(
         cfg.optim.grad_clip,
         streamed_data=streamed,
         ring=cfg.parallel.ring,
+        activation_checkpointing=cfg.train.activation_checkpointing,
+        selective_every=cfg.train.selective_every,
     )
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pitdist.config import config_from_dict
-from pitdist.observe.categories import REPORT_ORDER, Category, Totals, ledger_totals, per_step_totals
-from pitdist.report.comm_model import job_traffic, scheme_name
+from pitdist.observe.categories import REPORT_ORDER, Category, Phase, Totals, ledger_totals, per_step_totals
+from pitdist.report.comm_model import job_traffic, recompute_traffic, scheme_name
 
 
 @dataclass
@@ -99,6 +99,17 @@ def summarize(run: dict) -> dict:
                 )
             )
         per_rank.append(rows)
+    recompute_model = recompute_traffic(
+        cfg.model,
+        tuple(first["image_shape"]),
+        cfg.train.batch_size,
+        cfg.parallel.dp,
+        cfg.parallel.sp,
+        cfg.parallel.ring,
+        cfg.train.activation_checkpointing,
+        cfg.train.selective_every,
+    )
+    recomputed = per_step_totals(first["rows"], ("phase",)).get((Phase.RECOMPUTE,), Totals())
     return {
         "variant": variant_name(run["config"]["model"]),
         "dp": cfg.parallel.dp,
@@ -106,6 +117,10 @@ def summarize(run: dict) -> dict:
         "ring": cfg.parallel.ring,
         "scheme": scheme_name(cfg.parallel.sp, cfg.parallel.ring),
         "zero_stage": cfg.parallel.zero_stage,
+        "activation_checkpointing": cfg.train.activation_checkpointing,
+        # What rank 0 re-sent while backward recomputed checkpointed blocks, and the model's figure.
+        "recompute_sent": recomputed.sent,
+        "model_recompute_sent": sum(t.sent for t in recompute_model.values()),
         "batch_size": cfg.train.batch_size,
         "run_dir": run["dir"],
         "rows": per_rank,
@@ -156,9 +171,11 @@ def format_summary(summary: dict, baseline: dict | None = None) -> str:
     rows = summary["rows"][0]
     base = {r.category: r.sent for r in baseline["rows"][0]} if baseline else None
     scheme = summary.get("scheme", scheme_name(summary["sp"]))
+    checkpointing = summary.get("activation_checkpointing", "none")
     head = (
         f"{summary['variant']}: dp={summary['dp']} sp={summary['sp']} ({scheme}) zero={summary['zero_stage']} "
-        f"batch={summary['batch_size']}  (rank 0, per step; sent = bytes leaving the rank)"
+        f"batch={summary['batch_size']} activation checkpointing={checkpointing}"
+        "  (rank 0, per step; sent = bytes leaving the rank)"
     )
     lines = [
         head,
@@ -181,6 +198,11 @@ def format_summary(summary: dict, baseline: dict | None = None) -> str:
         f"{_fmt_bytes(total):>13}{'':>13}{'':>7}{sum(r.seconds for r in rows):>10.4f}"
     )
     lines.append(f"position embedding share of bytes sent: {pe / total:.2%}" if total else "nothing sent")
+    if checkpointing != "none":
+        lines.append(
+            f"re-sent by backward's recompute ({checkpointing} checkpointing, in the rows above): "
+            f"{_fmt_bytes(summary['recompute_sent'])} (model {_fmt_bytes(summary['model_recompute_sent'])})"
+        )
     return "\n".join(lines)
 
 
@@ -196,6 +218,7 @@ def to_records(summaries: list[dict]) -> list[dict]:
                         "sp": s["sp"],
                         "ring": s.get("ring", 1),
                         "zero_stage": s["zero_stage"],
+                        "activation_checkpointing": s.get("activation_checkpointing", "none"),
                         "batch_size": s["batch_size"],
                         "rank": rank,
                         "category": r.category,
@@ -299,6 +322,7 @@ def format_blocks(summaries: list[dict], baseline_variant: str = "none") -> list
                 and b["sp"] == s["sp"]
                 and b.get("ring") == s.get("ring")
                 and b["zero_stage"] == s["zero_stage"]
+                and b.get("activation_checkpointing") == s.get("activation_checkpointing")
                 and b["batch_size"] == s["batch_size"]
             ),
             None,

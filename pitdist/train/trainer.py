@@ -126,7 +126,9 @@ def setup(
         ledger.name_groups(mesh)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = build_model(cfg.model, train_data.image_shape, train_data.num_classes)
-    model = parallelize(model, mesh, cfg.model).to(device)
+    model = parallelize(model, mesh, cfg.model, cfg.train.activation_checkpointing, cfg.train.selective_every).to(
+        device
+    )
     if cfg.metrics.ledger:
         ledger.watch_layers(model.blocks)
     engine = build_engine(model, cfg, mesh, dtype)

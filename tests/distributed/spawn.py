@@ -23,25 +23,28 @@ def _entry(rank: int, world: int, port: int, fn, args, results) -> None:
         comm.destroy_process_group()
 
 
-def run_ranks(world: int, fn, *args, timeout: float = 600.0) -> list:
+def run_ranks(world: int, fn, *args) -> list:
     """fn(rank, *args) on every rank of a fresh process group; returns the results in rank order."""
     ctx = mp.get_context("spawn")
     results = ctx.SimpleQueue()
     procs = mp.start_processes(
         _entry, args=(world, comm.free_port(), fn, args, results), nprocs=world, join=False, start_method="spawn"
     )
-    try:
-        while not procs.join(timeout=timeout):
-            pass
-    except ProcessException:
-        errors = []
+    received: dict[int, tuple[str, object]] = {}
+
+    def drain() -> None:
+        # As results arrive, not after the join: a rank blocks writing a result larger than the pipe
+        # holds (as little as one page when the user's pipe quota is used up) until it is read.
         while not results.empty():
             rank, status, payload = results.get()
-            if status == "error":
-                errors.append(f"--- rank {rank} ---\n{payload}")
+            received[rank] = (status, payload)
+
+    try:
+        while not procs.join(timeout=1.0):
+            drain()
+    except ProcessException:
+        drain()
+        errors = [f"--- rank {r} ---\n{p}" for r, (s, p) in sorted(received.items()) if s == "error"]
         raise AssertionError("a rank failed:\n" + "\n".join(errors)) from None
-    out = {}
-    while not results.empty():
-        rank, _, payload = results.get()
-        out[rank] = payload
-    return [out[r] for r in range(world)]
+    drain()
+    return [received[r][1] for r in range(world)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 
@@ -173,3 +174,64 @@ def comm_runs(
         train(cfg, Mesh(ParallelDims(dp, sp, ring)), torch.device("cpu"), run_dir)
         run_dirs.append(str(run_dir))
     return run_dirs
+
+
+def checkpointing_versus_none(rank: int, dp: int, sp: int, ring: int, variants: list[tuple[str, bool]]) -> list[dict]:
+    """One forward + backward per activation-checkpointing policy on the same mesh, weights and batch.
+
+    Per PE variant and policy: the largest relative differences of logits, loss and every parameter
+    gradient from the same mesh without checkpointing, and the bytes autograd held after the forward
+    (the saved-tensor count of `pitdist bench sp`) beside the memory model's figure.
+    """
+    from pitdist.bench.sp.memory import SavedTensorCounter, counting
+    from pitdist.config import ACTIVATION_CHECKPOINTING
+    from pitdist.observe.categories import Phase
+    from pitdist.report.memory_model import activation_memory
+
+    mesh = Mesh(ParallelDims(dp, sp, ring))
+    gen = torch.Generator().manual_seed(4321)
+    pixels = torch.randint(0, 256, (dp * 2, *IMAGE), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, CLASSES, (dp * 2,), generator=gen)
+    mine = slice(mesh.dp_rank * 2, mesh.dp_rank * 2 + 2)
+    lo, hi = mesh.token_range(64)
+    batch = Batch(pixels_to_tokens(pixels[mine], 1, (lo, hi)), torch.arange(lo, hi), labels[mine])
+    report = []
+    for pos_embed, shard in variants:
+        cfg = sp_test_config(pos_embed, shard, dp, sp, ring=ring)
+        torch.manual_seed(0)
+        reference = build_model(cfg.model, IMAGE, CLASSES)
+        results = {}
+        for policy in ACTIVATION_CHECKPOINTING:
+            model = parallelize(copy.deepcopy(reference), mesh, cfg.model, policy)
+            engine = build_engine(model, cfg, mesh, torch.float32)
+            counter = SavedTensorCounter(engine.module.parameters())
+
+            def phase(name, counter=counter):
+                return counting(counter) if name == Phase.FORWARD else contextlib.nullcontext()
+
+            record = forward_backward(engine, batch, sp, phase)
+            results[policy] = {
+                "logits": record.logits,
+                "loss": record.loss,
+                "grads": {n: p.grad.clone() for n, p in engine.module.named_parameters()},
+                "held": counter.summary()["saved_bytes"],
+                "model_held": activation_memory(cfg.model, hi - lo, IMAGE[2], policy, sp, ring, images=2).held,
+            }
+
+        def rel(a, b):
+            return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+        plain = results["none"]
+        for policy, r in results.items():
+            diffs = {"logits": rel(r["logits"], plain["logits"]), "loss": rel(r["loss"], plain["loss"])}
+            diffs.update({f"grad {n}": rel(g, plain["grads"][n]) for n, g in r["grads"].items()})
+            report.append(
+                {
+                    "variant": f"{pos_embed}{' sharded' if shard else ''}",
+                    "policy": policy,
+                    "diffs": diffs,
+                    "held": r["held"],
+                    "model_held": r["model_held"],
+                }
+            )
+    return report

@@ -24,7 +24,7 @@ def build(cfg, mesh, side: int, channels: int):
 
     torch.manual_seed(cfg.train.seed)  # identical weights on every rank
     model = build_model(cfg.model, (side, side, channels), NUM_CLASSES)
-    model = parallelize(model, mesh, cfg.model)
+    model = parallelize(model, mesh, cfg.model, cfg.train.activation_checkpointing, cfg.train.selective_every)
     engine = build_engine(model, cfg, mesh, torch.float32)
     # DeepSpeed's WarmupDecayLR gives lr 0 to the first two steps even with a 1-step warm-up. Advance
     # it so every step the bench runs updates the weights (AdamW does the same work either way).

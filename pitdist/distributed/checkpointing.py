@@ -1,0 +1,85 @@
+"""Activation checkpointing of a PiT: keep less for backward, recompute the rest, and say what re-sends.
+
+Four policies (``train.activation_checkpointing``), the first three named as torchtitan names them:
+
+  none       autograd keeps everything it saves.
+  full       every block is checkpointed whole: forward keeps only each block's input; backward re-runs
+             the block's forward, its sequence-parallel exchanges included. Under Ulysses that is the
+             forward's 4 all-to-alls per layer again (+50% attention bytes), under ring attention its
+             R - 1 K/V hops.
+  selective  torchtitan's layer policy (its default selective_ac_option, "2"): every k-th block
+             (train.selective_every, blocks k-1, 2k-1, ...) is checkpointed as ``full`` checkpoints it,
+             the others keep everything; its recompute re-sends 1/k of what ``full`` re-sends.
+  local      communication-aware: recompute only the local computation BETWEEN the collectives (each
+             block's two local stages, ``Block.project_in`` and ``Block.project_out``, and under Ulysses
+             the attention kernel), and keep what the collectives returned, so backward sends exactly
+             the bytes it sends without checkpointing. Ring attention's kernel exchanges K/V blocks as
+             it computes, so under a ring (and in the hybrid) the kernel and its saved output stay.
+
+What each keeps, in D-vectors per token and layer (pitdist.report.memory_model derives them): none
+about 16, selective (k = 2) 8.5, local 5, full 1; backward holds one recomputed block (local: one
+stage) at a time on top.
+
+Everything goes through torch.utils.checkpoint, non-reentrant (what DeepSpeed's ZeRO gradient hooks
+and torch's own guidance need), applied through the model's ``run_block`` / ``run_stage`` slots so
+parameter names, state dicts and checkpoints are those of the plain model. Each recompute runs inside
+pitdist.observe.ledger.recomputing, so its collectives are counted in the ledger's ``recompute`` phase.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from pitdist.config import ACTIVATION_CHECKPOINTING, checkpointed_blocks
+from pitdist.models.pit import PiT
+from pitdist.observe.ledger import recomputing
+
+
+def _recompute_in_its_phase() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+    return contextlib.nullcontext(), recomputing()
+
+
+def run_checkpointed(stage: Callable[..., Any], *inputs: Any) -> Any:
+    """A ``run`` slot's (stage, *inputs) -> stage(*inputs) that keeps only ``inputs`` for backward and
+    recomputes ``stage`` there."""
+    return checkpoint(stage, *inputs, use_reentrant=False, context_fn=_recompute_in_its_phase)
+
+
+class _EveryKth:
+    """``run_block`` for selective: checkpoint the blocks chosen, run the others plainly."""
+
+    def __init__(self, chosen: list[nn.Module]):
+        self.chosen = {id(block) for block in chosen}
+
+    def __call__(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return run_checkpointed(block, x) if id(block) in self.chosen else block(x)
+
+
+class Recomputed(nn.Module):
+    """A module (the local attention kernel under Ulysses) checkpointed as a whole."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return run_checkpointed(self.inner, *inputs)
+
+
+def apply_activation_checkpointing(model: PiT, policy: str, every: int = 2) -> PiT:
+    """Make ``model`` keep less for backward under ``policy``; called once, by parallelize (which also
+    wraps the local attention kernel in ``Recomputed`` for ``local``, where it knows the kernel is local)."""
+    if policy not in ACTIVATION_CHECKPOINTING:
+        raise ValueError(f"activation checkpointing {policy!r}: choose one of {', '.join(ACTIVATION_CHECKPOINTING)}")
+    if policy in ("full", "selective"):
+        model.run_block = _EveryKth([model.blocks[i] for i in checkpointed_blocks(len(model.blocks), policy, every)])
+    elif policy == "local":
+        for block in model.blocks:
+            block.run_stage = run_checkpointed
+    return model
