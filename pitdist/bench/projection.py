@@ -9,31 +9,31 @@ rank per step: bytes sent by attention, by the learned PE table's gradient (repl
 all-reduce over all W ranks; sharded with the tokens: over the Q DP ranks only) and by the rest of
 the gradient reduction.
 
-Memory: activations saved for backward per image = s * N * D * L * e_act, with s = saved D-vectors
-per token and layer measured on this machine by `pitdist bench sp` (16.1 for PiT, fp32, memory-
-efficient attention that saves O(N), as flash attention does on a GPU), e_act = 2 bytes (bf16).
+Memory: the activations one rank keeps for backward at its peak, from pitdist.report.memory_model
+for each activation-checkpointing policy (--checkpointing; the model matches what `pitdist bench sp`
+and `pitdist bench checkpointing` count on this machine: about 16 D-vectors per token and layer
+without checkpointing, 1 kept by full checkpointing plus one block recomputed at a time; memory-
+efficient attention saves O(N), as flash attention does on a GPU), 2 bytes per element (bf16).
 Model state per GPU with ZeRO-2 over W ranks in mixed precision: 2 bytes of bf16 weights per
 parameter + (2 bytes of gradient + 12 of fp32 master, Adam m and v) / W. SP is needed for memory when
-one image's activations plus the state do not fit a GPU: the smallest P with
-activations / P + state <= the GPU's memory x --usable.
+one image's activations plus the state do not fit a GPU: the smallest P (a power of two that the
+model can split: Ulysses over the heads, the rest as a ring) whose per-rank peak + state <= the GPU's
+memory x --usable. The traffic table adds what each policy's backward re-sends.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import textwrap
 from pathlib import Path
 
-from pitdist.bench.common import created, figure, hwc, int_list, json_path, plot_path, publish
+from pitdist.bench.common import choice_list, created, figure, hwc, int_list, json_path, plot_path, publish
+from pitdist.config import ACTIVATION_CHECKPOINTING
 
 INT_LIST = int_list(1, "8,64,512")  # the list-valued options' type
 
 SIZES = ("tiny", "small", "base")
-# Saved-for-backward D-vectors per token per layer, measured here by `pitdist bench sp` (search fit
-# 148,620 bytes per token for D = 192, L = 12 in fp32: 148620 / (192 * 12 * 4) = 16.1).
-SAVED_PER_TOKEN_LAYER = 16.1
 GB = 1e9
 
 EPILOG = textwrap.dedent(
@@ -41,6 +41,7 @@ EPILOG = textwrap.dedent(
     Examples
       pitdist bench projection                                  # 224x224, PiT-T/S/B, 8/64/512 GPUs
       pitdist bench projection --image 512x512x3 --gpus 64 --gpu-mem-gb 80
+      pitdist bench projection --checkpointing none,full,selective,local --mem-sides 224,448,1024
     """
 )
 
@@ -102,10 +103,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="square image sides of the memory table (default: 224,336,448,512)",
     )
     p.add_argument(
-        "--saved-per-token-layer",
-        type=float,
-        default=SAVED_PER_TOKEN_LAYER,
-        help=f"saved D-vectors per token and layer (default: {SAVED_PER_TOKEN_LAYER}, measured by `pitdist bench sp`)",
+        "--checkpointing",
+        type=choice_list(ACTIVATION_CHECKPOINTING, "activation-checkpointing policies"),
+        default=["none", "full", "local"],
+        metavar="LIST",
+        help=f"activation-checkpointing policies to compare, from {','.join(ACTIVATION_CHECKPOINTING)} "
+        "(default: none,full,local)",
     )
     p.add_argument("--out", default=None, metavar="PATH", help="JSON (default: runs/bench-projection-<time>.json)")
     p.add_argument("--plot", default=None, metavar="PATH", help="PNG (default: the --out path with .png)")
@@ -157,6 +160,24 @@ def traffic_rows(args: argparse.Namespace) -> list[dict]:
                     }.items()
                 }
                 attn = attention_sent(t["none"])
+                attn_by_policy = {
+                    policy: attention_sent(
+                        step_traffic(
+                            _model(size, "none"),
+                            args.image,
+                            1000,
+                            q,
+                            q,
+                            p,
+                            2,
+                            0.0,
+                            2,
+                            ring=r,
+                            activation_checkpointing=policy,
+                        )
+                    )
+                    for policy in args.checkpointing
+                }
                 grad = t["none"]["grad_reduce"].sent
                 pe_rep = t["learned"]["pe_grad_reduce"].sent
                 pe_sh = t["sharded"]["pe_grad_reduce"].sent + (
@@ -179,6 +200,7 @@ def traffic_rows(args: argparse.Namespace) -> list[dict]:
                         "scheme": scheme_name(p, r),
                         "tokens": n,
                         "attention_bytes": attn,
+                        "attention_bytes_by_policy": attn_by_policy,
                         "grad_reduce_bytes": grad,
                         "pe_replicated_bytes": pe_rep,
                         "pe_sharded_bytes": pe_sh,
@@ -193,9 +215,12 @@ def traffic_rows(args: argparse.Namespace) -> list[dict]:
 
 
 def memory_rows(args: argparse.Namespace) -> list[dict]:
-    """Activation bytes per image and the smallest power-of-two P that fits each GPU, per model and side."""
+    """Per model, side and checkpointing policy: one image's peak activations and the smallest P that fits
+    each GPU."""
     from pitdist.config import ModelConfig
+    from pitdist.parallel_dims import valid_factorisations
     from pitdist.report.comm_model import param_counts
+    from pitdist.report.memory_model import activation_memory
 
     c = args.image[2]
     w = max(args.gpus)
@@ -204,31 +229,35 @@ def memory_rows(args: argparse.Namespace) -> list[dict]:
         m = ModelConfig(size=size)
         for side in args.mem_sides:
             n = side * side
-            act = args.saved_per_token_layer * n * m.width * m.num_layers * 2
             params = param_counts(_model(size, "learned"), c, 1000, n).total
             state = params * (2 + (2 + 12) / w)
-            need, images = {}, {}
-            for mem in args.gpu_mem_gb:
-                room = mem * GB * args.usable - state
-                images[str(mem)] = max(0, int(room // act))  # whole images per GPU without SP
-                if room <= 0:
-                    need[str(mem)] = None
-                    continue
-                p = max(1, math.ceil(act / room))
-                need[str(mem)] = 1 << (p - 1).bit_length()  # the next power of two: what a mesh would use
-            rows.append(
-                {
-                    "size": size,
-                    "side": side,
-                    "tokens": n,
-                    "activation_bytes_per_image": act,
-                    "state_bytes_per_gpu": state,
-                    "min_sp": need,
-                    "images_without_sp": images,
-                    "heads": m.num_heads,
-                    "ulysses_alone_ok": {k: (v is not None and m.num_heads % v == 0) for k, v in need.items()},
-                }
-            )
+            meshes = [(p, valid_factorisations(p, m.num_heads, n)) for p in sp_sizes(w, args.max_sp, n)]
+            meshes = [(p, pairs[0][1]) for p, pairs in meshes if pairs]  # (P, ring of the fewest-bytes split)
+            for policy in args.checkpointing:
+
+                def peak(p: int, ring: int, m=m, n=n, policy=policy) -> float:
+                    return activation_memory(m, n // p, c, policy, p, ring, bytes_per_element=2).peak
+
+                act = peak(1, 1)
+                need, images = {}, {}
+                for mem in args.gpu_mem_gb:
+                    room = mem * GB * args.usable - state
+                    images[str(mem)] = max(0, int(room // act))  # whole images per GPU without SP
+                    need[str(mem)] = next((p for p, r in meshes if room > 0 and peak(p, r) <= room), None)
+                rows.append(
+                    {
+                        "size": size,
+                        "side": side,
+                        "tokens": n,
+                        "checkpointing": policy,
+                        "activation_bytes_per_image": act,
+                        "state_bytes_per_gpu": state,
+                        "min_sp": need,
+                        "images_without_sp": images,
+                        "heads": m.num_heads,
+                        "ulysses_alone_ok": {k: (v is not None and m.num_heads % v == 0) for k, v in need.items()},
+                    }
+                )
     return rows
 
 
@@ -238,11 +267,13 @@ def _gb(x: float) -> str:
 
 def render(report: dict) -> str:
     h, w, c = report["image"]
+    recomputing = [p for p in report["checkpointing"] if p != "none"]
     out = [
         f"Per GPU per step, {h}x{w}x{c} ({h * w:,} tokens), one image per SP group, bf16, ZeRO 2 "
-        f"(bytes sent; N*D*e = one image's activations)",
+        f"(bytes sent; N*D*e = one image's activations; 'attn +X' = attention with X activation checkpointing)",
         f"{'model':<6}{'W':>5}{'Q x P':>10}  {'scheme':<20}{'attention':>11}{'(NDe)':>7}{'PE grad repl.':>14}"
-        f"{'(NDe)':>7}{'PE sharded':>12}{'other grads':>12}{'PE share':>9}",
+        f"{'(NDe)':>7}{'PE sharded':>12}{'other grads':>12}{'PE share':>9}"
+        + "".join(f"{'attn +' + p:>16}" for p in recomputing),
     ]
     for r in report["traffic"]:
         out.append(
@@ -250,15 +281,16 @@ def render(report: dict) -> str:
             f"{_gb(r['attention_bytes']):>11}{r['attention_nde']:>7.2f}{_gb(r['pe_replicated_bytes']):>14}"
             f"{r['pe_replicated_nde']:>7.2f}{_gb(r['pe_sharded_bytes']):>12}{_gb(r['grad_reduce_bytes']):>12}"
             f"{r['pe_share_replicated']:>9.1%}"
+            + "".join(f"{_gb(r['attention_bytes_by_policy'][p]):>16}" for p in recomputing)
         )
     mems = list(report["memory"][0]["min_sp"]) if report["memory"] else []
     out.append(
-        f"\nActivation memory per image (bf16, {report['saved_per_token_layer']} saved D-vectors per token and "
-        f"layer) and the smallest P that fits it on one GPU ({report['usable']:.0%} of memory usable, ZeRO-2 "
-        f"state over {max(report['gpus'])} GPUs)"
+        "\nPeak activations one image keeps for backward (bf16, pitdist.report.memory_model), per "
+        f"activation-checkpointing policy, and the smallest P that fits it on one GPU ({report['usable']:.0%} "
+        f"of memory usable, ZeRO-2 state over {max(report['gpus'])} GPUs)"
     )
     out.append(
-        f"{'model':<6}{'image':>9}{'tokens':>9}{'act./image':>12}{'state/GPU':>11}"
+        f"{'model':<6}{'image':>9}{'tokens':>9}  {'checkpointing':<14}{'act./image':>12}{'state/GPU':>11}"
         + "".join(f"{'P @ ' + m + ' GB':>14}" for m in mems)
     )
     for r in report["memory"]:
@@ -272,13 +304,13 @@ def render(report: dict) -> str:
                 + (f" ({r['images_without_sp'][m]} img)" if p == 1 else "")
             )
         out.append(
-            f"{r['size']:<6}{str(r['side']) + 'x' + str(r['side']):>9}{r['tokens']:>9,}"
+            f"{r['size']:<6}{str(r['side']) + 'x' + str(r['side']):>9}{r['tokens']:>9,}  {r['checkpointing']:<14}"
             f"{_gb(r['activation_bytes_per_image']):>12}{_gb(r['state_bytes_per_gpu']):>11}"
             + "".join(f"{c:>14}" for c in cells)
         )
     out.append(
         "(P = 1 (k img): no SP needed, k images fit one GPU; * P exceeds what Ulysses alone allows for the "
-        "model's heads: needs ring attention or a hybrid)"
+        "model's heads: needs ring attention or a hybrid; - no P up to --max-sp fits)"
     )
     return "\n".join(out)
 
@@ -311,9 +343,16 @@ def plot(report: dict, path: Path) -> None:
         ax.legend(fontsize=6)
         ax = axes[1]
         sides = sorted({r["side"] for r in report["memory"]})
+        styles = {"none": "o-", "full": "s--", "selective": "^-.", "local": "d:"}
         for size in dict.fromkeys(r["size"] for r in report["memory"]):
-            sub = [r for r in report["memory"] if r["size"] == size]
-            ax.plot([r["side"] for r in sub], [r["activation_bytes_per_image"] / GB for r in sub], "o-", label=size)
+            for policy in report["checkpointing"]:
+                sub = [r for r in report["memory"] if r["size"] == size and r["checkpointing"] == policy]
+                ax.plot(
+                    [r["side"] for r in sub],
+                    [r["activation_bytes_per_image"] / GB for r in sub],
+                    styles[policy],
+                    label=f"{size}, {policy}",
+                )
         for mem in report["memory"][0]["min_sp"] if report["memory"] else []:
             ax.axhline(float(mem) * report["usable"], color="grey", lw=0.7, ls="--")
             ax.text(sides[0], float(mem) * report["usable"] * 1.05, f"{mem} GB GPU", fontsize=7, color="grey")
@@ -336,9 +375,9 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    if not 0 < args.usable <= 1 or args.saved_per_token_layer <= 0 or args.max_sp < 1:
+    if not 0 < args.usable <= 1 or args.max_sp < 1:
         print(
-            "pitdist bench projection: error: --usable must be in (0, 1], --saved-per-token-layer > 0, --max-sp >= 1",
+            "pitdist bench projection: error: --usable must be in (0, 1], --max-sp >= 1",
             file=sys.stderr,
         )
         return 2
@@ -354,7 +393,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         "zero_stage": 2,
         "images_per_sp_group": 1,
         "usable": args.usable,
-        "saved_per_token_layer": args.saved_per_token_layer,
+        "checkpointing": args.checkpointing,
         "traffic": traffic_rows(args),
         "memory": memory_rows(args),
     }

@@ -17,7 +17,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "analytical model that `pitdist comm-report` checks against measurements. Use it to extrapolate "
         "to image sizes and meshes this machine cannot run.",
         epilog="Examples\n  pitdist comm-model --model.size base --image 224x224x3 --sp 4,12 --batch 1\n"
-        "  pitdist comm-model --model.size base --image 512x512x3 --sp 4,16,64 --schemes",
+        "  pitdist comm-model --model.size base --image 512x512x3 --sp 4,16,64 --schemes\n"
+        "  pitdist comm-model --sp 4 --train.activation_checkpointing full   # with what backward re-sends",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--image", default="224x224x3", help="HxWxC of the images (default 224x224x3)")
@@ -89,6 +90,8 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
             cfg.optim.grad_clip,
             variants,
             args.bytes,
+            activation_checkpointing=cfg.train.activation_checkpointing,
+            selective_every=cfg.train.selective_every,
         )
     )
     return 0

@@ -228,6 +228,8 @@ def projection_table(
     grad_clip: float,
     variants: dict[str, ModelConfig],
     bytes_per_element: int = 2,
+    activation_checkpointing: str = "none",
+    selective_every: int = 2,
 ) -> str:
     """Bytes each rank sends per step, by category, for each P and PE variant, with the PE's share.
 
@@ -239,12 +241,25 @@ def projection_table(
     lines = [
         f"model projection: {model.size} (D={model.width}, L={model.num_layers}, heads={model.num_heads}) on "
         f"{h}x{w} images (N={n} tokens), global batch {batch}, dp={dp}, ZeRO {zero_stage}, "
-        f"{bytes_per_element}-byte elements; per rank per step, bytes sent (and in units of N*D*e)"
+        f"{bytes_per_element}-byte elements, activation checkpointing {activation_checkpointing}; "
+        "per rank per step, bytes sent (and in units of N*D*e)"
     ]
     lines.append(f"{'P':>4} {'variant':<16}{'attention_a2a':>22}{'PE traffic':>22}{'all other':>22}{'PE share':>10}")
     for sp in sps:
         for name, variant in variants.items():
-            t = step_traffic(variant, image_shape, num_classes, batch, dp, sp, zero_stage, grad_clip, bytes_per_element)
+            t = step_traffic(
+                variant,
+                image_shape,
+                num_classes,
+                batch,
+                dp,
+                sp,
+                zero_stage,
+                grad_clip,
+                bytes_per_element,
+                activation_checkpointing=activation_checkpointing,
+                selective_every=selective_every,
+            )
             a2a = t[Category.ATTENTION_A2A].sent if Category.ATTENTION_A2A in t else 0.0
             pe = sum(v.sent for k, v in t.items() if k.startswith("pe_"))
             rest = sum(v.sent for k, v in t.items() if not k.startswith("pe_") and k != Category.ATTENTION_A2A)
@@ -284,6 +299,8 @@ def scheme_table(
     grad_clip: float,
     variants: dict[str, ModelConfig],
     bytes_per_element: int = 2,
+    activation_checkpointing: str = "none",
+    selective_every: int = 2,
 ) -> str:
     """Ulysses, ring and their hybrids side by side, per rank per step.
 
@@ -305,7 +322,8 @@ def scheme_table(
     lines = [
         f"Ulysses vs ring vs hybrid: {model.size} (D={model.width}, L={model.num_layers}, heads={model.num_heads}) "
         f"on {h}x{w} images (N={n} tokens), global batch {batch}, dp={dp}, ZeRO {zero_stage}, "
-        f"{bytes_per_element}-byte elements; bytes sent per rank per step (in units of N*D*e)",
+        f"{bytes_per_element}-byte elements, activation checkpointing {activation_checkpointing}; "
+        "bytes sent per rank per step (in units of N*D*e)",
         f"{'P':>4}  {'scheme':<22}{'attention':>22}{'vs fewest':>11}"
         + "".join(f"{'total ' + name:>24}" for name in variants),
     ]
@@ -319,7 +337,18 @@ def scheme_table(
             totals = []
             for variant in variants.values():
                 t = step_traffic(
-                    variant, image_shape, num_classes, batch, dp, sp, zero_stage, grad_clip, bytes_per_element, ring=r
+                    variant,
+                    image_shape,
+                    num_classes,
+                    batch,
+                    dp,
+                    sp,
+                    zero_stage,
+                    grad_clip,
+                    bytes_per_element,
+                    ring=r,
+                    activation_checkpointing=activation_checkpointing,
+                    selective_every=selective_every,
                 )
                 totals.append(sum(v.sent for v in t.values()))
             rows.append((r, attention_sent(t), totals))

@@ -8,8 +8,12 @@ from workers import loss_curve
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("zero", [0, 2])
-def test_resume_mid_run_equals_an_uninterrupted_run(zero, tmp_path):
+@pytest.mark.parametrize(
+    "zero, saved_with, resumed_with", [(0, "none", "none"), (2, "none", "none"), (2, "local", "full")]
+)
+def test_resume_mid_run_equals_an_uninterrupted_run(zero, saved_with, resumed_with, tmp_path):
+    # Activation checkpointing leaves parameter names and state dicts alone: a checkpoint written under
+    # one policy resumes under another.
     # The hardest case: 2 x 2 mesh, the learned table sharded over SP (its rows live in per-rank
     # expert files of the checkpoint), ZeRO state partitioned over all 4 ranks.
     common = [
@@ -28,13 +32,10 @@ def test_resume_mid_run_equals_an_uninterrupted_run(zero, tmp_path):
         "--train.checkpoint_every",
         "10",
     ]
-    straight = run_ranks(4, loss_curve, common, str(tmp_path / "straight"))[0]
-    resumed = run_ranks(
-        4,
-        loss_curve,
-        [*common, "--train.resume", str(tmp_path / "straight" / "checkpoints"), "--train.resume_tag", "step-10"],
-        str(tmp_path / "resumed"),
-    )[0]
+    policy = "--train.activation_checkpointing"
+    straight = run_ranks(4, loss_curve, [*common, policy, saved_with], str(tmp_path / "straight"))[0]
+    resume = ["--train.resume", str(tmp_path / "straight" / "checkpoints"), "--train.resume_tag", "step-10"]
+    resumed = run_ranks(4, loss_curve, [*common, policy, resumed_with, *resume], str(tmp_path / "resumed"))[0]
     assert resumed[:10] == straight[:10]  # carried over from the checkpoint
     assert resumed[10:] == pytest.approx(straight[10:], abs=1e-6)
     a = torch.load(tmp_path / "straight" / "model.pt")

@@ -6,6 +6,7 @@ import pytest
 
 from pitdist.config import ModelConfig
 from pitdist.report.comm_model import step_traffic
+from pitdist.report.memory_model import activation_memory
 
 
 def test_projection_writes_json_and_plot_and_matches_the_comm_model(pitdist_cli, tmp_path):
@@ -31,10 +32,20 @@ def test_projection_writes_json_and_plot_and_matches_the_comm_model(pitdist_cli,
     # PiT-T's 3 heads: no Ulysses at P = 2, 4, 8 -- the projection uses a ring there.
     assert rows[("tiny", 8, 2)]["scheme"] == "ring 2" and rows[("tiny", 8, 8)]["ring"] == 8
     # Memory: activations grow with the tokens; PiT-B 512x512 does not fit one 24 GB GPU without SP.
-    mem = {(r["size"], r["side"]): r for r in report["memory"]}
-    assert mem[("base", 512)]["activation_bytes_per_image"] == pytest.approx(16.1 * 512 * 512 * 768 * 12 * 2)
-    assert mem[("base", 512)]["min_sp"]["24.0"] > 1 and mem[("tiny", 224)]["min_sp"]["80.0"] == 1
-    assert "ulysses 4" in proc.stdout and "Activation memory per image" in proc.stdout
+    mem = {(r["size"], r["side"], r["checkpointing"]): r for r in report["memory"]}
+    assert {c for _, _, c in mem} == {"none", "full", "local"}
+    peak = activation_memory(ModelConfig(size="base"), 512 * 512, 3, "none", bytes_per_element=2).peak
+    assert mem[("base", 512, "none")]["activation_bytes_per_image"] == pytest.approx(peak)
+    assert peak == pytest.approx(16.06 * 512 * 512 * 768 * 12 * 2, rel=0.01)  # ~16 D-vectors per token and layer
+    assert mem[("base", 512, "none")]["min_sp"]["24.0"] > 1 and mem[("tiny", 224, "none")]["min_sp"]["80.0"] == 1
+    # Full checkpointing keeps one D-vector per token and layer and recomputes one block at a time: the
+    # same image fits one 24 GB GPU without SP.
+    assert mem[("base", 512, "full")]["min_sp"]["24.0"] == 1
+    assert mem[("base", 512, "full")]["activation_bytes_per_image"] < peak / 5
+    # Full checkpointing re-sends the forward's 4 all-to-alls per layer: +50% attention bytes; local none.
+    assert b["attention_bytes_by_policy"]["full"] == pytest.approx(1.5 * b["attention_bytes"])
+    assert b["attention_bytes_by_policy"]["local"] == b["attention_bytes"]
+    assert "ulysses 4" in proc.stdout and "Peak activations one image keeps" in proc.stdout
 
 
 def test_unknown_model_size_is_refused(pitdist_cli, tmp_path):

@@ -69,6 +69,12 @@ def test_size_presets_and_explicit_width():
         ("", ["--parallel.zero_stage", "3"], "parallel.zero_stage: must be 0, 1 or 2, got 3"),
         (
             "",
+            ["--train.activation_checkpointing", "ful"],
+            "train.activation_checkpointing: 'ful' is not allowed; choose one of 'none', 'full', 'selective', 'local'",
+        ),
+        ("", ["--train.selective_every", "0"], "train.selective_every: must be >= 1, got 0"),
+        (
+            "",
             ["--parallel.sp", "2", "--parallel.launcher", "single"],
             "parallel.launcher: 'single' runs one process but dp * sp = 2",
         ),
