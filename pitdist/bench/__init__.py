@@ -2,4 +2,4 @@
 and main(args, rest) -> int, registered in BENCHMARKS (in `pitdist bench --help` order). Shared
 helpers live in pitdist.bench.common."""
 
-BENCHMARKS = ("sp", "ledger", "data", "ring", "ray", "accuracy", "steptime", "projection")
+BENCHMARKS = ("sp", "checkpointing", "ledger", "data", "ring", "ray", "accuracy", "steptime", "projection")

@@ -144,18 +144,15 @@ def _rank_main(
 ) -> dict:
     import torch
 
+    from pitdist.bench.turns import contender, per_step, take_turns
     from pitdist.config import config_from_dict
-    from pitdist.distributed import comm
     from pitdist.distributed.mesh import Mesh
     from pitdist.distributed.parallelize import parallelize
     from pitdist.launch.local import quiet_deepspeed
     from pitdist.models.pit import build_model, pixels_to_tokens
-    from pitdist.observe.categories import per_step_totals
-    from pitdist.observe.ledger import CommLedger
-    from pitdist.observe.timer import StepTimer
     from pitdist.parallel_dims import ParallelDims
     from pitdist.train.engine import build_engine
-    from pitdist.train.step import Batch, train_step
+    from pitdist.train.step import Batch
 
     quiet_deepspeed()
     cfg = config_from_dict(cfg_dict)
@@ -170,49 +167,10 @@ def _rank_main(
         model = parallelize(build_model(cfg.model, (side, side, channels), NUM_CLASSES), mesh, cfg.model)
         engine = build_engine(model, cfg, mesh, torch.float32)
         lo, hi = mesh.token_range(model.num_tokens)
-        ledger = CommLedger(rank)
-        runs.append(
-            {
-                "ring": ring,
-                "mesh": mesh,
-                "engine": engine,
-                "ledger": ledger,
-                "timer": StepTimer(ledger),
-                "batch": Batch(pixels_to_tokens(pixels, cfg.model.patch_size, (lo, hi)), torch.arange(lo, hi), label),
-                "times": [],
-                "losses": [],
-            }
-        )
-
-    for i in range(warmup + steps):  # one step of each scheme per round
-        for run in runs:
-            ledger, timer = run["ledger"].install(), run["timer"]
-            try:
-                ledger.step = i  # the barrier counts in this step, outside its timed phases
-                comm.barrier()
-                with timer.step(i) as t:  # the timer tells the ledger each phase
-                    record = train_step(run["engine"], run["batch"], run["mesh"], timer.phase)
-            finally:
-                ledger.uninstall()
-            if i >= warmup:
-                run["times"].append(t.total_s)
-            run["losses"].append(float(record.loss))
-
-    out = []
-    for run in runs:
-        rows = [r for r in run["ledger"].rows() if r["step"] is not None and r["step"] >= warmup]
-        totals = per_step_totals(rows)
-        out.append(
-            {
-                "ring": run["ring"],
-                "times": run["times"],
-                "losses": run["losses"],
-                "by_category": {
-                    k[0]: {"count": t.count, "handed": t.handed, "sent": t.sent, "seconds": t.seconds}
-                    for k, t in totals.items()
-                },
-            }
-        )
+        batch = Batch(pixels_to_tokens(pixels, cfg.model.patch_size, (lo, hi)), torch.arange(lo, hi), label)
+        runs.append(contender(ring, mesh, engine, batch, rank))
+    take_turns(runs, warmup, steps)
+    out = [{"ring": c.name, "times": c.times, "losses": c.losses, "by_category": per_step(c, warmup)} for c in runs]
     return {"rank": rank, "runs": out}
 
 

@@ -17,8 +17,8 @@ Per policy (pitdist.distributed.checkpointing), kept per layer after the forward
 recomputed unit holds on top while backward goes through it (the peak is their sum):
 
     none       B                       nothing recomputed
-    full       1 (the block's input)   one block: B
-    selective  c of the L blocks (c = L // k) keep 1, the others B; one block: B
+    full       1 (the block's input)   one block: B - 1 (its input is already held)
+    selective  c of the L blocks (c = L // k) keep 1, the others B; one block: B - 1
     local      x, the kernel's q, k, v, the attention output: 5 (+ h/D under a ring, whose kernel
                and its log-sum-exp stay; +1 more in the hybrid, where the ring's output and the
                all-to-all's are two tensors); the largest stage, project_out: 2 + 2r + 2/D (+1 under
@@ -76,7 +76,7 @@ def activation_memory(
     else:
         c = len(checkpointed_blocks(layers, policy, selective_every))
         per_layer = c * 1 + (layers - c) * block
-        unit = block if c else 0.0
+        unit = block - 1 if c else 0.0
     outside = 1 + (channels + 2) / d
     scale = images * tokens_per_rank * d * bytes_per_element
     return ActivationMemory(

@@ -16,7 +16,8 @@ def test_a_block_keeps_about_16_d_vectors_per_token_and_full_checkpointing_one()
     full = activation_memory(PIT_T_WIDTH, n, 1, "full")
     assert none.recompute == 0
     assert full.held == pytest.approx((layers + 1) * n * d * 4, rel=0.01)  # each block's input + the final norm's
-    assert full.recompute == pytest.approx(block_vectors(PIT_T_WIDTH) * n * d * 4)  # one block at a time
+    # one block at a time, recomputed from its input (held already)
+    assert full.recompute == pytest.approx((block_vectors(PIT_T_WIDTH) - 1) * n * d * 4)
     local = activation_memory(PIT_T_WIDTH, n, 1, "local")
     selective = activation_memory(PIT_T_WIDTH, n, 1, "selective")
     assert full.peak < local.peak < selective.peak < none.peak
@@ -28,4 +29,4 @@ def test_under_1_gib_full_checkpointing_fits_over_5x_the_tokens_at_every_p():
         side = largest_square_side(PIT_T_WIDTH, GIB, 1, "full", sp)
         assert side**2 >= 5 * without**2, (sp, side)
     # and a 224x224 image (50,176 tokens) trains on one rank in about 1.1 GiB
-    assert activation_memory(PIT_T_WIDTH, 224 * 224, 1, "full").peak / GIB == pytest.approx(1.04, abs=0.02)
+    assert activation_memory(PIT_T_WIDTH, 224 * 224, 1, "full").peak / GIB == pytest.approx(1.0, abs=0.02)
