@@ -18,10 +18,11 @@ waits for them is added to the same record by ``record_wait``.
 
 The cause (category) is set by whoever knows it: pitdist tags its own calls (pooling, metrics, eval,
 pe_grad_reduce, attention_ring); calls DeepSpeed makes are classified by operation and training phase (see
-``_classify``). The trainer marks phases (forward / backward / optimizer) and steps; block hooks mark
-the layer. The replicated learned PE table's gradient travels inside DeepSpeed's flat gradient
-buckets; ``summary`` attributes to it the share of gradient bytes equal to its share of gradient
-elements (every gradient element is reduced exactly once per step, so the split is exact).
+``_classify``). The trainer marks phases (forward / backward / optimizer) and steps; activation
+checkpointing marks the recompute inside backward (``recomputing``); block hooks mark the layer.
+The replicated learned PE table's gradient travels inside DeepSpeed's flat gradient buckets;
+``summary`` attributes to it the share of gradient bytes equal to its share of gradient elements
+(every gradient element is reduced exactly once per step, so the split is exact).
 """
 
 from __future__ import annotations
