@@ -125,8 +125,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def plan(args: argparse.Namespace, overrides: list[str]):
     """The job config (model overrides applied), or raise ConfigError / MeshError / BenchOptionError."""
-    from pitdist.bench.common import only_model_overrides
-    from pitdist.config import load_config
+    from pitdist.bench.common import one_image_job, only_model_overrides
     from pitdist.parallel_dims import ParallelDims
 
     only_model_overrides(overrides, "checkpointing")
@@ -136,24 +135,8 @@ def plan(args: argparse.Namespace, overrides: list[str]):
         raise BenchOptionError("--side, --channels, --steps, --probe-side must be >= 1, --warmup >= 0, --cap-gib > 0")
     if len(args.probe_depths) != 2 or args.probe_depths[0] >= args.probe_depths[1]:
         raise BenchOptionError(f"--probe-depths {args.probe_depths}: give two increasing depths, e.g. 2,4")
-    cfg = load_config(
-        None,
-        [
-            *DEFAULT_MODEL,
-            *overrides,
-            "--parallel.launcher",
-            "local",
-            "--train.batch_size",
-            "1",
-            "--train.seed",
-            str(args.seed),
-            "--optim.warmup_steps",
-            "1",
-            "--optim.grad_clip",
-            "0",
-            "--train.dtype",
-            "fp32",
-        ],
+    cfg = one_image_job(
+        DEFAULT_MODEL, overrides, "--train.seed", str(args.seed), "--optim.grad_clip", "0", "--train.dtype", "fp32"
     )
     m = cfg.model
     for p in args.sp:

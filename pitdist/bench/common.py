@@ -75,6 +75,27 @@ def only_model_overrides(overrides: list[str], bench: str) -> None:
         )
 
 
+def one_image_job(model_defaults: list[str], overrides: list[str], *settings: str):
+    """The job a spawned-rank benchmark trains: ``model_defaults`` then the user's --model overrides,
+    local launcher, one image per step, learning rate warm-up of one step, then ``settings``."""
+    from pitdist.config import load_config
+
+    return load_config(
+        None,
+        [
+            *model_defaults,
+            *overrides,
+            "--parallel.launcher",
+            "local",
+            "--train.batch_size",
+            "1",
+            "--optim.warmup_steps",
+            "1",
+            *settings,
+        ],
+    )
+
+
 # --- outputs -----------------------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from pitdist.bench.common import (
     int_list,
     json_path,
     mem_available,
+    one_image_job,
     option_error,
     slowest,
     write_json,
@@ -94,7 +95,6 @@ RANK_BYTES = int(0.8 * 1024**3)
 
 def plan(args: argparse.Namespace, overrides: list[str]):
     """(JobConfig, {P: [ring sizes]}, skipped) or raise ConfigError / MeshError / BenchOptionError."""
-    from pitdist.config import load_config
     from pitdist.parallel_dims import ParallelDims, valid_factorisations
 
     bad = [o for o in overrides if o.startswith("--") and not o.startswith("--model.")]
@@ -102,23 +102,7 @@ def plan(args: argparse.Namespace, overrides: list[str]):
         raise BenchOptionError(f"pitdist bench ring takes only --model.KEY VALUE besides its own options; got {bad[0]}")
     if args.side < 1 or args.channels < 1 or args.steps < 1 or args.warmup < 0:
         raise BenchOptionError("--side, --channels and --steps must be >= 1, --warmup >= 0")
-    cfg = load_config(
-        None,
-        [
-            *DEFAULT_MODEL,
-            *overrides,
-            "--parallel.launcher",
-            "local",
-            "--train.batch_size",
-            "1",
-            "--optim.grad_clip",
-            "0",
-            "--optim.warmup_steps",
-            "1",
-            "--metrics.ledger",
-            "true",
-        ],
-    )
+    cfg = one_image_job(DEFAULT_MODEL, overrides, "--optim.grad_clip", "0", "--metrics.ledger", "true")
     tokens = (args.side // cfg.model.patch_size) ** 2
     schemes, skipped = {}, []
     available = mem_available()

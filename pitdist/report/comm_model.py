@@ -217,6 +217,23 @@ def job_traffic(
     )
 
 
+def _table_settings(
+    image_shape, num_classes, batch, dp, zero_stage, grad_clip, bytes_per_element, activation_checkpointing, every
+) -> dict:
+    """step_traffic's keyword arguments that a table holds fixed while it varies the variant and the mesh."""
+    return {
+        "image_shape": image_shape,
+        "num_classes": num_classes,
+        "batch_size": batch,
+        "dp": dp,
+        "zero_stage": zero_stage,
+        "grad_clip": grad_clip,
+        "bytes_per_element": bytes_per_element,
+        "activation_checkpointing": activation_checkpointing,
+        "selective_every": every,
+    }
+
+
 def projection_table(
     model: ModelConfig,
     image_shape: tuple[int, int, int],
@@ -245,21 +262,20 @@ def projection_table(
         "per rank per step, bytes sent (and in units of N*D*e)"
     ]
     lines.append(f"{'P':>4} {'variant':<16}{'attention_a2a':>22}{'PE traffic':>22}{'all other':>22}{'PE share':>10}")
+    common = _table_settings(
+        image_shape,
+        num_classes,
+        batch,
+        dp,
+        zero_stage,
+        grad_clip,
+        bytes_per_element,
+        activation_checkpointing,
+        selective_every,
+    )
     for sp in sps:
         for name, variant in variants.items():
-            t = step_traffic(
-                variant,
-                image_shape,
-                num_classes,
-                batch,
-                dp,
-                sp,
-                zero_stage,
-                grad_clip,
-                bytes_per_element,
-                activation_checkpointing=activation_checkpointing,
-                selective_every=selective_every,
-            )
+            t = step_traffic(variant, sp=sp, **common)
             a2a = t[Category.ATTENTION_A2A].sent if Category.ATTENTION_A2A in t else 0.0
             pe = sum(v.sent for k, v in t.items() if k.startswith("pe_"))
             rest = sum(v.sent for k, v in t.items() if not k.startswith("pe_") and k != Category.ATTENTION_A2A)
@@ -327,6 +343,17 @@ def scheme_table(
         f"{'P':>4}  {'scheme':<22}{'attention':>22}{'vs fewest':>11}"
         + "".join(f"{'total ' + name:>24}" for name in variants),
     ]
+    common = _table_settings(
+        image_shape,
+        num_classes,
+        batch,
+        dp,
+        zero_stage,
+        grad_clip,
+        bytes_per_element,
+        activation_checkpointing,
+        selective_every,
+    )
     for sp in sps:
         pairs = valid_factorisations(sp, model.num_heads, n)
         if not pairs:
@@ -336,20 +363,7 @@ def scheme_table(
         for _, r in pairs:
             totals = []
             for variant in variants.values():
-                t = step_traffic(
-                    variant,
-                    image_shape,
-                    num_classes,
-                    batch,
-                    dp,
-                    sp,
-                    zero_stage,
-                    grad_clip,
-                    bytes_per_element,
-                    ring=r,
-                    activation_checkpointing=activation_checkpointing,
-                    selective_every=selective_every,
-                )
+                t = step_traffic(variant, sp=sp, ring=r, **common)
                 totals.append(sum(v.sent for v in t.values()))
             rows.append((r, attention_sent(t), totals))
         fewest = min(attn for _, attn, _ in rows)

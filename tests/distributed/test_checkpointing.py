@@ -9,7 +9,7 @@ import pytest
 from spawn import run_ranks
 from workers import checkpointing_versus_none, comm_runs, loss_curve
 
-from pitdist.report.comm_report import crosscheck_table, load_run, summarize
+from pitdist.report.comm_report import crosscheck_table, format_summary, load_run, summarize
 
 VARIANTS = [("none", False), ("sincos", False), ("learned", False), ("learned", True)]
 MESHES = [(1, 1, 1), (1, 2, 1), (1, 4, 1), (1, 2, 2), (1, 4, 2), (2, 2, 1)]
@@ -93,6 +93,10 @@ def test_full_adds_exactly_the_recomputed_exchanges_and_local_adds_nothing(polic
     assert sent(s["full"]) - sent(s["none"]) == pytest.approx(expected)
     # selective (every 2nd block) re-sends half of what full re-sends.
     assert s["selective"]["recompute_sent"] == pytest.approx(expected / 2)
+    # and comm-report says which policy ran and what it re-sent
+    table = format_summary(s["full"])
+    assert "activation checkpointing=full" in table and "re-sent by backward's recompute" in table
+    assert "re-sent" not in format_summary(s["local"])
 
 
 def test_recomputed_exchanges_are_counted_in_their_own_phase_and_layer(policy_runs):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pitdist.bench.common import BenchOptionError, mem_available, only_model_overrides
+from pitdist.bench.common import BenchOptionError, mem_available, one_image_job, only_model_overrides
 
 NUM_CLASSES = 10
 # Model defaults: PiT-Tiny's width and depth (192, 12) with 4 heads so P = 1, 2, 4 all divide them.
@@ -65,28 +65,11 @@ def plan(args: argparse.Namespace, overrides: list[str]):
     """Validate options and return (JobConfig, {P: [job, ...]}, notes).
 
     Raises ConfigError, MeshError or BenchOptionError."""
-    from pitdist.config import load_config
     from pitdist.parallel_dims import ParallelDims
 
     only_model_overrides(overrides, "sp")
-    cfg = load_config(
-        None,
-        [
-            *DEFAULT_MODEL,
-            *overrides,
-            "--parallel.launcher",
-            "local",
-            "--train.batch_size",
-            "1",
-            "--train.steps",
-            "1000",
-            "--train.seed",
-            str(args.seed),
-            "--optim.warmup_steps",
-            "1",
-            "--train.dtype",
-            "fp32",
-        ],
+    cfg = one_image_job(
+        DEFAULT_MODEL, overrides, "--train.steps", "1000", "--train.seed", str(args.seed), "--train.dtype", "fp32"
     )
     m = cfg.model
     patch = m.patch_size
