@@ -290,7 +290,7 @@ def render(report: dict) -> str:
         f"of memory usable, ZeRO-2 state over {max(report['gpus'])} GPUs)"
     )
     out.append(
-        f"{'model':<6}{'image':>9}{'tokens':>9}  {'checkpointing':<14}{'act./image':>12}{'state/GPU':>11}"
+        f"{'model':<6}{'image':>11}{'tokens':>11}  {'checkpointing':<14}{'act./image':>12}{'state/GPU':>11}"
         + "".join(f"{'P @ ' + m + ' GB':>14}" for m in mems)
     )
     for r in report["memory"]:
@@ -304,7 +304,7 @@ def render(report: dict) -> str:
                 + (f" ({r['images_without_sp'][m]} img)" if p == 1 else "")
             )
         out.append(
-            f"{r['size']:<6}{str(r['side']) + 'x' + str(r['side']):>9}{r['tokens']:>9,}  {r['checkpointing']:<14}"
+            f"{r['size']:<6}{str(r['side']) + 'x' + str(r['side']):>11}{r['tokens']:>11,}  {r['checkpointing']:<14}"
             f"{_gb(r['activation_bytes_per_image']):>12}{_gb(r['state_bytes_per_gpu']):>11}"
             + "".join(f"{c:>14}" for c in cells)
         )

@@ -21,6 +21,9 @@ TRAIN_EPILOG = textwrap.dedent(
       pitdist train --launcher local --sp 2          # one image's pixels split over 2 local processes, no Ray
       pitdist train --dp 2 --sp 2 --zero 1 --train.checkpoint_every 50
       pitdist train --sp 1 --launcher single         # one process, no Ray
+      pitdist train --launcher local --sp 2 --train.activation_checkpointing local
+                                                     # recompute in backward what lies between the
+                                                     # all-to-alls (none | full | selective | local)
     """
 ).format(job=DEFAULT_JOB)
 

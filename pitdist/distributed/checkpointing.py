@@ -7,7 +7,7 @@ Four policies (``train.activation_checkpointing``), the first three named as tor
              the block's forward, its sequence-parallel exchanges included. Under Ulysses that is the
              forward's 4 all-to-alls per layer again (+50% attention bytes), under ring attention its
              R - 1 K/V hops.
-  selective  torchtitan's layer policy (its default selective_ac_option, "2"): every k-th block
+  selective  torchtitan's per-layer option (selective_ac_option = "k", k = 2 here): every k-th block
              (train.selective_every, blocks k-1, 2k-1, ...) is checkpointed as ``full`` checkpoints it,
              the others keep everything; its recompute re-sends 1/k of what ``full`` re-sends.
   local      communication-aware: recompute only the local computation BETWEEN the collectives (each
@@ -51,14 +51,16 @@ def run_checkpointed(stage: Callable[..., Any], *inputs: Any) -> Any:
     return checkpoint(stage, *inputs, use_reentrant=False, context_fn=_recompute_in_its_phase)
 
 
-class _EveryKth:
-    """``run_block`` for selective: checkpoint the blocks chosen, run the others plainly."""
+class _Chosen:
+    """``run_block`` for full and selective: checkpoint the blocks chosen, run the others plainly.
+
+    It holds the blocks themselves (not their ids), so a deep copy of the model copies the choice too."""
 
     def __init__(self, chosen: list[nn.Module]):
-        self.chosen = {id(block) for block in chosen}
+        self.chosen = chosen
 
     def __call__(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return run_checkpointed(block, x) if id(block) in self.chosen else block(x)
+        return run_checkpointed(block, x) if any(block is c for c in self.chosen) else block(x)
 
 
 class Recomputed(nn.Module):
@@ -78,7 +80,7 @@ def apply_activation_checkpointing(model: PiT, policy: str, every: int = 2) -> P
     if policy not in ACTIVATION_CHECKPOINTING:
         raise ValueError(f"activation checkpointing {policy!r}: choose one of {', '.join(ACTIVATION_CHECKPOINTING)}")
     if policy in ("full", "selective"):
-        model.run_block = _EveryKth([model.blocks[i] for i in checkpointed_blocks(len(model.blocks), policy, every)])
+        model.run_block = _Chosen([model.blocks[i] for i in checkpointed_blocks(len(model.blocks), policy, every)])
     elif policy == "local":
         for block in model.blocks:
             block.run_stage = run_checkpointed
