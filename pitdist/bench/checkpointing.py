@@ -153,13 +153,18 @@ def plan(args: argparse.Namespace, overrides: list[str]):
 # --- rank side ---------------------------------------------------------------------------------------
 
 
-def recompute_unit_bytes(model, policy: str, x) -> int:
+def recompute_unit_bytes(model, policy: str, every: int, images: int, tokens: int) -> int:
     """What one recomputed unit holds while backward goes through it, beyond what it was given: the
     largest unit ``policy`` recomputes (a whole block for full / selective, the project_out stage for
-    local), run once plainly on ``x`` (a block's input) under the saved-tensor counter."""
+    local), run once plainly on a random block input of ``images`` x ``tokens`` under the saved-tensor
+    counter. Collective under SP (the block's attention exchanges): every rank of the group calls it."""
+    import torch
+
     from pitdist.bench.sp.memory import SavedTensorCounter, counting
     from pitdist.config import checkpointed_blocks
 
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(images, tokens, model.embed.out_features, generator=gen).requires_grad_()
     block = model.blocks[0]
     params = list(model.parameters())
     if policy == "local":
@@ -167,21 +172,13 @@ def recompute_unit_bytes(model, policy: str, x) -> int:
         counter = SavedTensorCounter([x, attended, *params])
         with counting(counter):
             block.project_out(x, attended)
-    elif checkpointed_blocks(len(model.blocks), policy):
+    elif checkpointed_blocks(len(model.blocks), policy, every):
         counter = SavedTensorCounter([x, *params])
         with counting(counter):
             block(x)
     else:
         return 0
     return counter.summary()["saved_bytes"]
-
-
-def _block_input(model, batch):
-    import torch
-
-    gen = torch.Generator().manual_seed(7)
-    b, n = batch.tokens.shape[:2]
-    return torch.randn(b, n, model.embed.out_features, generator=gen).requires_grad_()
 
 
 def _measured_step(rank: int, world: int, cfg_dict: dict, side: int, channels: int) -> dict:
@@ -206,7 +203,9 @@ def _measured_step(rank: int, world: int, cfg_dict: dict, side: int, channels: i
     with timer.step(0) as t:
         record = train_step(engine, batch, mesh, phases(timer, counter))
     rss = rss_delta(mark)
-    unit = recompute_unit_bytes(engine.module, cfg.train.activation_checkpointing, _block_input(engine.module, batch))
+    unit = recompute_unit_bytes(
+        engine.module, cfg.train.activation_checkpointing, cfg.train.selective_every, *batch.tokens.shape[:2]
+    )
     return {
         "tokens": tokens,
         "tokens_per_rank": tokens // world,
@@ -274,14 +273,13 @@ def _probes(rank: int, world: int, cfg_dict: dict, policies: list[str], side: in
             counter = SavedTensorCounter(model.parameters())
             with counting(counter):
                 F.cross_entropy(model(tokens, torch.arange(lo, hi)), torch.zeros(1, dtype=torch.long))
-            x = torch.randn(1, hi - lo, cfg.model.width).requires_grad_()
             out.append(
                 {
                     "policy": policy,
                     "depth": depth,
                     "tokens_per_rank": hi - lo,
                     "held_bytes": counter.summary()["saved_bytes"],
-                    "recompute_bytes": recompute_unit_bytes(model, policy, x),
+                    "recompute_bytes": recompute_unit_bytes(model, policy, cfg.train.selective_every, 1, hi - lo),
                 }
             )
     return out
