@@ -222,8 +222,8 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads per process; 0 = cores / processes
     # What backward recomputes instead of keeping (pitdist.distributed.checkpointing): "none"; "full"
     # (keep each block's input, re-run the block and its all-to-alls / ring hops); "selective"
-    # (torchtitan's op policy: keep attention outputs and every other matmul); "local" (recompute only
-    # the computation between collectives: no byte re-sent).
+    # (every selective_every-th block as full); "local" (recompute only the computation between
+    # collectives: no byte re-sent).
     activation_checkpointing: CheckpointingPolicy = "none"
     # selective: checkpoint every k-th block (torchtitan's selective_ac_option = "k").
     selective_every: int = 2

@@ -43,7 +43,7 @@ from pitdist.bench.common import (
     publish,
     write_json,
 )
-from pitdist.bench.sp.plan import DEFAULT_MODEL, GIB, NUM_CLASSES
+from pitdist.bench.sp.plan import DEFAULT_MODEL, GIB
 from pitdist.config import ACTIVATION_CHECKPOINTING
 
 PARTS = ("compare", "largest", "confirm")
@@ -182,39 +182,31 @@ def recompute_unit_bytes(model, policy: str, every: int, images: int, tokens: in
 
 
 def _measured_step(rank: int, world: int, cfg_dict: dict, side: int, channels: int) -> dict:
-    """One training step of a fresh engine under the config's policy: held, recompute unit, RSS, time."""
-    from pitdist.bench.sp.memory import SavedTensorCounter, rss_delta, rss_mark
-    from pitdist.bench.sp.steps import build, phases
+    """One training step of a fresh engine under the config's policy (pitdist bench sp's measured step:
+    held bytes, peak RSS growth, time), and the policy's recompute unit."""
+    from pitdist.bench.sp.steps import model_and_batch, step_job
     from pitdist.config import config_from_dict
-    from pitdist.distributed import comm
     from pitdist.distributed.mesh import Mesh
     from pitdist.launch.local import quiet_deepspeed
-    from pitdist.observe.timer import StepTimer
     from pitdist.parallel_dims import ParallelDims
-    from pitdist.train.step import train_step
 
     quiet_deepspeed()
     cfg = config_from_dict(cfg_dict)
     mesh = Mesh(ParallelDims(1, world))
-    engine, batch, tokens = build(cfg, mesh, side, channels)
-    counter, timer = SavedTensorCounter(engine.module.parameters()), StepTimer()
-    comm.barrier()
-    mark = rss_mark()
-    with timer.step(0) as t:
-        record = train_step(engine, batch, mesh, phases(timer, counter))
-    rss = rss_delta(mark)
-    unit = recompute_unit_bytes(
-        engine.module, cfg.train.activation_checkpointing, cfg.train.selective_every, *batch.tokens.shape[:2]
+    step = step_job(
+        cfg, mesh, {"part": "checkpointing", "side": side, "warmup": 0, "steps": 1, "measure": True}, channels
     )
+    model, batch = model_and_batch(cfg, mesh, side, channels)
+    policy, every = cfg.train.activation_checkpointing, cfg.train.selective_every
     return {
-        "tokens": tokens,
-        "tokens_per_rank": tokens // world,
-        "held_bytes": counter.summary()["saved_bytes"],
-        "recompute_bytes": unit,
-        "peak_rss_delta_bytes": rss["peak_rss_delta_bytes"],
-        "rss_method": rss["rss_method"],
-        "step_s": t.total_s,
-        "loss": float(record.loss),
+        "tokens": step["tokens"],
+        "tokens_per_rank": step["tokens_per_rank"],
+        "held_bytes": step["memory"]["saved_bytes"],
+        "recompute_bytes": recompute_unit_bytes(model, policy, every, *batch.tokens.shape[:2]),
+        "peak_rss_delta_bytes": step["memory"]["peak_rss_delta_bytes"],
+        "rss_method": step["memory"]["rss_method"],
+        "step_s": step["times"][0]["total_s"],
+        "loss": step["losses"][0],
     }
 
 
@@ -248,38 +240,31 @@ def _turns(rank: int, world: int, cfg_dict: dict, policies: list[str], side: int
 
 def _probes(rank: int, world: int, cfg_dict: dict, policies: list[str], side: int, channels: int, depths):
     """Forward only at each reduced depth and policy: held bytes and the recompute unit."""
-    import torch
     import torch.nn.functional as F
 
     from pitdist.bench.sp.memory import SavedTensorCounter, counting
+    from pitdist.bench.sp.steps import model_and_batch
     from pitdist.config import config_from_dict
     from pitdist.distributed.mesh import Mesh
-    from pitdist.distributed.parallelize import parallelize
-    from pitdist.models.pit import build_model, pixels_to_tokens
     from pitdist.parallel_dims import ParallelDims
 
     mesh = Mesh(ParallelDims(1, world))
     out = []
     for policy in policies:
         for depth in depths:
-            cfg = config_from_dict({**cfg_dict, "model": {**cfg_dict["model"], "depth": depth}})
-            torch.manual_seed(cfg.train.seed)
-            model = build_model(cfg.model, (side, side, channels), NUM_CLASSES)
-            model = parallelize(model, mesh, cfg.model, policy, cfg.train.selective_every)
-            gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + side)
-            pixels = torch.randint(0, 256, (1, side, side, channels), dtype=torch.uint8, generator=gen)
-            lo, hi = mesh.token_range(model.num_tokens)
-            tokens = pixels_to_tokens(pixels, cfg.model.patch_size, (lo, hi))
+            cfg = config_from_dict({**_with_policy(cfg_dict, policy), "model": {**cfg_dict["model"], "depth": depth}})
+            model, batch = model_and_batch(cfg, mesh, side, channels)
             counter = SavedTensorCounter(model.parameters())
             with counting(counter):
-                F.cross_entropy(model(tokens, torch.arange(lo, hi)), torch.zeros(1, dtype=torch.long))
+                F.cross_entropy(model(batch.tokens, batch.positions), batch.labels)
+            n = batch.tokens.shape[1]
             out.append(
                 {
                     "policy": policy,
                     "depth": depth,
-                    "tokens_per_rank": hi - lo,
+                    "tokens_per_rank": n,
                     "held_bytes": counter.summary()["saved_bytes"],
-                    "recompute_bytes": recompute_unit_bytes(model, policy, cfg.train.selective_every, 1, hi - lo),
+                    "recompute_bytes": recompute_unit_bytes(model, policy, cfg.train.selective_every, 1, n),
                 }
             )
     return out

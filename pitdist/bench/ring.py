@@ -128,31 +128,21 @@ def _rank_main(
 ) -> dict:
     import torch
 
+    from pitdist.bench.sp.steps import model_and_batch
     from pitdist.bench.turns import contender, per_step, take_turns
     from pitdist.config import config_from_dict
     from pitdist.distributed.mesh import Mesh
-    from pitdist.distributed.parallelize import parallelize
     from pitdist.launch.local import quiet_deepspeed
-    from pitdist.models.pit import build_model, pixels_to_tokens
     from pitdist.parallel_dims import ParallelDims
     from pitdist.train.engine import build_engine
-    from pitdist.train.step import Batch
 
     quiet_deepspeed()
     cfg = config_from_dict(cfg_dict)
-    gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + side)  # the same image on every rank
-    pixels = torch.randint(0, 256, (1, side, side, channels), dtype=torch.uint8, generator=gen)
-    label = torch.randint(0, NUM_CLASSES, (1,), generator=gen)
-
     runs = []
     for ring in rings:
         mesh = Mesh(ParallelDims(1, world, ring))
-        torch.manual_seed(cfg.train.seed)
-        model = parallelize(build_model(cfg.model, (side, side, channels), NUM_CLASSES), mesh, cfg.model)
-        engine = build_engine(model, cfg, mesh, torch.float32)
-        lo, hi = mesh.token_range(model.num_tokens)
-        batch = Batch(pixels_to_tokens(pixels, cfg.model.patch_size, (lo, hi)), torch.arange(lo, hi), label)
-        runs.append(contender(ring, mesh, engine, batch, rank))
+        model, batch = model_and_batch(cfg, mesh, side, channels)  # the same weights and image for every split
+        runs.append(contender(ring, mesh, build_engine(model, cfg, mesh, torch.float32), batch, rank))
     take_turns(runs, warmup, steps)
     out = [{"ring": c.name, "times": c.times, "losses": c.losses, "by_category": per_step(c, warmup)} for c in runs]
     return {"rank": rank, "runs": out}

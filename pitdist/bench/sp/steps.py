@@ -13,18 +13,32 @@ from pitdist.bench.sp.memory import SavedTensorCounter, counting, rss_delta, rss
 from pitdist.bench.sp.plan import NUM_CLASSES
 
 
-def build(cfg, mesh, side: int, channels: int):
-    """(engine, this rank's Batch of one random image, tokens per image): the same weights and image on every rank."""
+def model_and_batch(cfg, mesh, side: int, channels: int):
+    """(the model parallelized for ``mesh`` under the job's checkpointing policy, this rank's Batch of one
+    random image): the same weights and the same image on every rank."""
     import torch
 
     from pitdist.distributed.parallelize import parallelize
     from pitdist.models.pit import build_model, pixels_to_tokens
-    from pitdist.train.engine import build_engine
     from pitdist.train.step import Batch
 
     torch.manual_seed(cfg.train.seed)  # identical weights on every rank
     model = build_model(cfg.model, (side, side, channels), NUM_CLASSES)
     model = parallelize(model, mesh, cfg.model, cfg.train.activation_checkpointing, cfg.train.selective_every)
+    gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + side)  # same image on every rank
+    pixels = torch.randint(0, 256, (1, side, side, channels), dtype=torch.uint8, generator=gen)
+    label = torch.randint(0, NUM_CLASSES, (1,), generator=gen)
+    lo, hi = mesh.token_range(model.num_tokens)
+    return model, Batch(pixels_to_tokens(pixels, cfg.model.patch_size, (lo, hi)), torch.arange(lo, hi), label)
+
+
+def build(cfg, mesh, side: int, channels: int):
+    """(engine, this rank's Batch of one random image, tokens per image): the same weights and image on every rank."""
+    import torch
+
+    from pitdist.train.engine import build_engine
+
+    model, batch = model_and_batch(cfg, mesh, side, channels)
     engine = build_engine(model, cfg, mesh, torch.float32)
     # DeepSpeed's WarmupDecayLR gives lr 0 to the first two steps even with a 1-step warm-up. Advance
     # it so every step the bench runs updates the weights (AdamW does the same work either way).
@@ -32,11 +46,6 @@ def build(cfg, mesh, side: int, channels: int):
         if engine.lr_scheduler.get_lr()[0] >= cfg.optim.lr * 0.99:
             break
         engine.lr_scheduler.step()
-    gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + side)  # same image on every rank
-    pixels = torch.randint(0, 256, (1, side, side, channels), dtype=torch.uint8, generator=gen)
-    label = torch.randint(0, NUM_CLASSES, (1,), generator=gen)
-    lo, hi = mesh.token_range(model.num_tokens)
-    batch = Batch(pixels_to_tokens(pixels, cfg.model.patch_size, (lo, hi)), torch.arange(lo, hi), label)
     return engine, batch, model.num_tokens
 
 
