@@ -66,6 +66,8 @@ class ModelConfig:
     pos_embed: PosEmbedKind = "sincos"
     # Under sequence parallelism, each SP rank keeps only the rows of a learned table for its tokens.
     shard_pos_embed: bool = False
+    # The image's feature: the mean of its pixel tokens (the PiT paper), or a learned CLS token's output.
+    pool: Literal["mean", "cls"] = "mean"
     # 0 means "take it from the size preset".
     dim: int = 0
     depth: int = 0

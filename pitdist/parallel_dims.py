@@ -9,11 +9,12 @@ divides the GPUs per node: the all-to-alls stay on the fast links) and a DP grou
 An SP group of P = U x R ranks runs Ulysses over U ranks and ring attention over R (``parallel.ring``;
 R = 1 is plain Ulysses, U = 1 plain ring). sp_rank = ring_rank * U + ulysses_rank: a Ulysses subgroup
 is U consecutive ranks (its all-to-alls stay on the fastest links), a ring strides by U. Every SP rank
-still holds the contiguous tokens [sp_rank * N/P, (sp_rank + 1) * N/P), so Ulysses subgroup r jointly
-holds the contiguous block [r * N/R, (r + 1) * N/R): after its all-to-all each member has that whole
-block for H/U heads, and the R members with the same heads pass their blocks around the ring. Every
-token's keys meet every query exactly once, so (attention being bidirectional) the result is exact for
-any factorisation, and pooling, position embeddings and data feeding see the same layout as Ulysses.
+still holds S = ceil(L / P) contiguous token slots [sp_rank * S, (sp_rank + 1) * S) of the image's L
+tokens, padded at the end (TokenShards), so Ulysses subgroup r jointly holds the contiguous block
+[r * U * S, (r + 1) * U * S): after its all-to-all each member has that whole block for H/U heads, and
+the R members with the same heads pass their blocks around the ring. Every real key meets every query
+exactly once, so (attention being bidirectional) the result is exact for any factorisation, and
+pooling, position embeddings and data feeding see the same layout as Ulysses.
 """
 
 from __future__ import annotations
@@ -25,22 +26,67 @@ class MeshError(ValueError):
     """The requested DP x SP layout cannot run this model or this world. The message says what can."""
 
 
-def valid_sp_sizes(heads: int, num_tokens: int) -> list[int]:
-    """SP sizes Ulysses can use: each rank needs whole heads and an equal share of the tokens."""
-    return [p for p in range(1, heads + 1) if heads % p == 0 and num_tokens % p == 0]
+def valid_sp_sizes(heads: int) -> list[int]:
+    """SP sizes plain Ulysses can use: each rank needs whole heads (any token count pads, see TokenShards)."""
+    return [p for p in range(1, heads + 1) if heads % p == 0]
 
 
-def valid_factorisations(sp: int, heads: int, num_tokens: int) -> list[tuple[int, int]]:
-    """(ulysses, ring) pairs that can split ``sp`` ranks: Ulysses needs whole heads per rank, and every
-    rank an equal share of the tokens (ring attention has no head constraint)."""
-    if num_tokens % sp:
-        return []
+def valid_factorisations(sp: int, heads: int) -> list[tuple[int, int]]:
+    """(ulysses, ring) pairs that can split ``sp`` ranks: Ulysses needs whole heads per rank; ring
+    attention has no head constraint."""
     return [(u, sp // u) for u in range(sp, 0, -1) if sp % u == 0 and heads % u == 0]
 
 
-def _ring_sp_sizes(num_tokens: int, around: int, besides: list[int]) -> list[int]:
-    """A few more SP sizes, up to 4x ``around``, that divide the tokens: what Ulysses x ring can use."""
-    return [p for p in range(2, 4 * around + 1) if num_tokens % p == 0 and p not in besides][:8]
+@dataclass(frozen=True)
+class TokenShards:
+    """How an image's L = N (+ 1 CLS) tokens split over the P ranks of an SP group.
+
+    Every rank holds S = ceil(L / P) token slots; slot j of SP rank r is sequence position r * S + j.
+    The L real tokens fill positions [0, L) (the N pixel tokens in raster order, then the CLS token
+    when the model pools by it) and the P * S - L padding slots come last. So rank r holds the real
+    tokens [r * S, min((r + 1) * S, L)) at the start of its shard and padding after them: the first
+    ranks are full, at most one is partly padded, and any after it hold only padding.
+
+    Because the padding is at the end of the sequence, any run of consecutive ranks (a Ulysses group
+    gathering its members' shards, a ring block) holds a real PREFIX followed by padding. Masking the
+    padded keys out of attention is then attending to that prefix: no mask tensor at all (nothing
+    grows with N x N, and every fused kernel accepts it, flash included, which takes no mask).
+    """
+
+    num_pixels: int  # N: the image's pixel (or patch) tokens
+    sp: int  # P
+    cls: bool = False  # the model appends a CLS token (model.pool = "cls")
+
+    @property
+    def length(self) -> int:
+        """L: the real tokens of the sequence."""
+        return self.num_pixels + int(self.cls)
+
+    @property
+    def shard(self) -> int:
+        """S: the token slots of every rank."""
+        return -(-self.length // self.sp)
+
+    @property
+    def padded(self) -> int:
+        return self.shard * self.sp
+
+    @property
+    def padding(self) -> int:
+        return self.padded - self.length
+
+    def real(self, first: int, ranks: int = 1) -> int:
+        """Real tokens held by ``ranks`` consecutive SP ranks from ``first``: the prefix of their slots."""
+        return max(0, min(self.length - first * self.shard, ranks * self.shard))
+
+    def pixels(self, sp_rank: int) -> tuple[int, int]:
+        """The pixel tokens [lo, hi) SP rank ``sp_rank`` holds (hi = lo when it holds none)."""
+        lo = min(sp_rank * self.shard, self.num_pixels)
+        return lo, min((sp_rank + 1) * self.shard, self.num_pixels)
+
+    def holds_cls(self, sp_rank: int) -> bool:
+        """True for the one rank whose slots include the CLS token (sequence position N)."""
+        return self.cls and sp_rank * self.shard <= self.num_pixels < (sp_rank + 1) * self.shard
 
 
 @dataclass(frozen=True)
@@ -62,8 +108,11 @@ class ParallelDims:
     def world_size(self) -> int:
         return self.dp * self.sp
 
-    def validate(self, *, heads: int, num_tokens: int, world_size: int | None = None) -> None:
-        """Refuse a mesh before any rank starts, naming the setting and what would work."""
+    def validate(self, *, heads: int, world_size: int | None = None) -> None:
+        """Refuse a mesh before any rank starts, naming the setting and what would work.
+
+        Only what cannot run is refused: an image of any token count runs on any SP size, its shards
+        padded to a common length (TokenShards)."""
         if self.dp < 1 or self.sp < 1 or self.ring < 1:
             raise MeshError(
                 f"parallel.dp, parallel.sp and parallel.ring must be >= 1, got dp = {self.dp}, "
@@ -74,12 +123,12 @@ class ParallelDims:
                 f"the job has {world_size} processes but parallel.dp * parallel.sp = {self.dp} * {self.sp} = "
                 f"{self.world_size}; set dp and sp so that their product is {world_size}"
             )
-        valid = valid_sp_sizes(heads, num_tokens)
-        pairs = valid_factorisations(self.sp, heads, num_tokens)
+        valid = valid_sp_sizes(heads)
+        pairs = valid_factorisations(self.sp, heads)
         if self.sp % self.ring:
             raise MeshError(
                 f"parallel.ring = {self.ring} does not divide parallel.sp = {self.sp} (sp = ulysses x ring); "
-                f"valid (ulysses, ring) for sp = {self.sp} and this model and image: {pairs}"
+                f"valid (ulysses, ring) for sp = {self.sp} and this model: {pairs}"
             )
         if heads % self.ulysses:
             if self.ring == 1:
@@ -90,19 +139,12 @@ class ParallelDims:
                 )
                 raise MeshError(
                     f"parallel.sp = {self.sp} does not divide the model's {heads} attention heads (Ulysses gives "
-                    f"each SP rank whole heads); valid sp for this model and image: {valid}{hybrid}"
+                    f"each SP rank whole heads); valid sp for this model: {valid}{hybrid}"
                 )
             raise MeshError(
                 f"parallel.ulysses = sp / ring = {self.sp} / {self.ring} = {self.ulysses} does not divide the "
                 f"model's {heads} attention heads (Ulysses gives each rank of its group whole heads); valid "
                 f"(ulysses, ring) for sp = {self.sp}: {pairs}"
-            )
-        if num_tokens % self.sp:
-            more = _ring_sp_sizes(num_tokens, self.sp, valid)
-            raise MeshError(
-                f"parallel.sp = {self.sp} does not divide the {num_tokens} tokens of an image (DeepSpeed Ulysses "
-                f"would silently compute wrong attention, DeepSpeed issue 7384); valid sp: {valid}"
-                + (f"; with ring attention (parallel.ring) also {more}" if more else "")
             )
 
     def coords(self, rank: int) -> tuple[int, int]:
@@ -113,7 +155,6 @@ class ParallelDims:
         """(ring_rank, ulysses_rank) of an SP rank."""
         return divmod(sp_rank, self.ulysses)
 
-    def token_range(self, sp_rank: int, num_tokens: int) -> tuple[int, int]:
-        """The contiguous global token positions [lo, hi) that SP rank ``sp_rank`` owns."""
-        share = num_tokens // self.sp
-        return sp_rank * share, (sp_rank + 1) * share
+    def shards(self, num_pixels: int, cls: bool = False) -> TokenShards:
+        """How an image of ``num_pixels`` tokens (+ CLS) splits over this mesh's SP ranks."""
+        return TokenShards(num_pixels, self.sp, cls)

@@ -341,7 +341,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     png.parent.mkdir(parents=True, exist_ok=True)
     train_data, val_data = split_dataset(cells[0][1])
-    side = train_data.image_shape[0]
+    h, w, _ = train_data.image_shape
     m = cells[0][1].model
     report = {
         "benchmark": "pitdist bench accuracy",
@@ -389,7 +389,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
             {
                 **cell,
                 "key": cell_key(cell),
-                "tokens": (side // cell["patch"]) ** 2,
+                "tokens": (h // cell["patch"]) * (w // cell["patch"]),
                 "val_accuracy": result.val_accuracy,
                 "final_loss": statistics.fmean(tail),
                 "images_per_s": result.images_per_s,

@@ -4,7 +4,7 @@ Real gloo ranks spawned here, the real model wrapped by ``parallelize()`` under 
 ``train.activation_checkpointing`` and trained by a real DeepSpeed engine (ZeRO 0, fp32, AdamW), one
 random image per step, one SP group of P ranks (Ulysses). Parts:
 
-  compare  at one image size, for each P and policy: the bytes autograd holds when the forward ends
+  compare  at one image size (a side, or HxW), for each P and policy: the bytes autograd holds when the forward ends
            (the saved-tensor count of `pitdist bench sp`) and what one recomputed unit holds on top
            in backward (counted by running that unit, a block or the local policy's project_out
            stage, once plainly at the same shapes), their sum (the peak), the process's peak RSS
@@ -35,12 +35,16 @@ from pitdist.bench.common import (
     choice_list,
     cores,
     created,
+    image_size,
     int_list,
     json_path,
     mem_available,
     option_error,
+    patch_tokens,
     plot_path,
     publish,
+    size_fields,
+    size_name,
     write_json,
 )
 from pitdist.bench.sp.plan import DEFAULT_MODEL, GIB
@@ -50,14 +54,16 @@ PARTS = ("compare", "largest", "confirm")
 MIB = 1024**2
 
 
-def _confirm_list(text: str) -> list[tuple[int, str, int]]:
+def _confirm_list(text: str) -> list[tuple[int, str, tuple[int, int]]]:
     out = []
     for item in (i for i in text.replace(" ", "").split(",") if i):
         try:
-            p, policy, side = item.split(":")
-            out.append((int(p), policy, int(side)))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{item!r}: write P:POLICY:SIDE, e.g. 1:full:224") from None
+            p, policy, size = item.split(":")
+            out.append((int(p), policy, image_size(size)))
+        except (ValueError, argparse.ArgumentTypeError):
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: write P:POLICY:SIZE, e.g. 1:full:224 or 1:full:224x112"
+            ) from None
         if policy not in ACTIVATION_CHECKPOINTING:
             raise argparse.ArgumentTypeError(f"{item!r}: policy must be one of {','.join(ACTIVATION_CHECKPOINTING)}")
     return out
@@ -95,12 +101,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
         metavar="LIST",
         help=f"from {','.join(PARTS)} (default compare,largest)",
     )
-    p.add_argument("--side", type=int, default=56, help="compare: square image side (default 56: 3,136 tokens)")
+    p.add_argument(
+        "--side", type=image_size, default=(56, 56), help="compare: image size, SIDE or HxW (default 56: 3,136 tokens)"
+    )
     p.add_argument("--channels", type=int, default=1, help="image channels (default 1)")
     p.add_argument("--warmup", type=int, default=1, help="compare: untimed steps per policy (default 1)")
     p.add_argument("--steps", type=int, default=3, help="compare: timed steps per policy, median reported (default 3)")
     p.add_argument("--cap-gib", type=float, default=1.0, help="largest: per-rank cap on the peak, GiB (default 1)")
-    p.add_argument("--probe-side", type=int, default=56, help="largest: side of the probes (default 56)")
+    p.add_argument(
+        "--probe-side",
+        type=image_size,
+        default=(56, 56),
+        help="largest: image size of the probes, SIDE or HxW (default 56)",
+    )
     p.add_argument(
         "--probe-depths",
         type=int_list(1, "2,4"),
@@ -112,9 +125,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--confirm",
         type=_confirm_list,
-        default=[(1, "full", 224)],
+        default=[(1, "full", (224, 224))],
         metavar="LIST",
-        help="confirm: full-depth steps to run, P:POLICY:SIDE comma-separated (default 1:full:224)",
+        help="confirm: full-depth steps to run, P:POLICY:SIZE comma-separated, SIZE a side or HxW (default 1:full:224)",
     )
     p.add_argument("--threads-total", type=int, default=0, help="cores shared by the ranks (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the image (default 0)")
@@ -131,22 +144,26 @@ def plan(args: argparse.Namespace, overrides: list[str]):
     only_model_overrides(overrides, "checkpointing")
     if "none" not in args.policies:
         raise BenchOptionError("--policies: must include none, the baseline of every ratio")
-    if min(args.side, args.channels, args.steps, args.probe_side) < 1 or args.warmup < 0 or args.cap_gib <= 0:
-        raise BenchOptionError("--side, --channels, --steps, --probe-side must be >= 1, --warmup >= 0, --cap-gib > 0")
+    if min(args.channels, args.steps) < 1 or args.warmup < 0 or args.cap_gib <= 0:
+        raise BenchOptionError("--channels and --steps must be >= 1, --warmup >= 0, --cap-gib > 0")
     if len(args.probe_depths) != 2 or args.probe_depths[0] >= args.probe_depths[1]:
         raise BenchOptionError(f"--probe-depths {args.probe_depths}: give two increasing depths, e.g. 2,4")
     cfg = one_image_job(
         DEFAULT_MODEL, overrides, "--train.seed", str(args.seed), "--optim.grad_clip", "0", "--train.dtype", "fp32"
     )
     m = cfg.model
-    for p in args.sp:
-        for side, option in [(args.side, "--side"), (args.probe_side, "--probe-side")]:
-            try:
-                ParallelDims(1, p).validate(heads=m.num_heads, num_tokens=(side // m.patch_size) ** 2)
-            except ValueError as exc:
-                raise type(exc)(f"{option} {side} with P = {p}: {exc}") from None
-    for p, _, side in args.confirm if "confirm" in args.parts else []:
-        ParallelDims(1, p).validate(heads=m.num_heads, num_tokens=(side // m.patch_size) ** 2)
+    # Any image runs on any P (its shards are padded): refused are the P the heads cannot split and
+    # the images whole patches do not tile.
+    patch_tokens(args.side, m.patch_size, "--side")
+    patch_tokens(args.probe_side, m.patch_size, "--probe-side")
+    confirms = args.confirm if "confirm" in args.parts else []
+    for _, _, size in confirms:
+        patch_tokens(size, m.patch_size, "--confirm")
+    for p, option in [(p, "--sp") for p in args.sp] + [(p, "--confirm") for p, _, _ in confirms]:
+        try:
+            ParallelDims(1, p).validate(heads=m.num_heads)
+        except ValueError as exc:
+            raise type(exc)(f"{option} {p}: {exc}") from None
     return cfg
 
 
@@ -181,7 +198,7 @@ def recompute_unit_bytes(model, policy: str, every: int, images: int, tokens: in
     return counter.summary()["saved_bytes"]
 
 
-def _measured_step(rank: int, world: int, cfg_dict: dict, side: int, channels: int) -> dict:
+def _measured_step(rank: int, world: int, cfg_dict: dict, size: tuple[int, int], channels: int) -> dict:
     """One training step of a fresh engine under the config's policy (pitdist bench sp's measured step:
     held bytes, peak RSS growth, time), and the policy's recompute unit."""
     from pitdist.bench.sp.steps import model_and_batch, step_job
@@ -194,15 +211,16 @@ def _measured_step(rank: int, world: int, cfg_dict: dict, side: int, channels: i
     cfg = config_from_dict(cfg_dict)
     mesh = Mesh(ParallelDims(1, world))
     step = step_job(
-        cfg, mesh, {"part": "checkpointing", "side": side, "warmup": 0, "steps": 1, "measure": True}, channels
+        cfg, mesh, {"part": "checkpointing", **size_fields(size), "warmup": 0, "steps": 1, "measure": True}, channels
     )
-    model, batch = model_and_batch(cfg, mesh, side, channels)
+    model, _ = model_and_batch(cfg, mesh, size, channels)
     policy, every = cfg.train.activation_checkpointing, cfg.train.selective_every
     return {
         "tokens": step["tokens"],
         "tokens_per_rank": step["tokens_per_rank"],
         "held_bytes": step["memory"]["saved_bytes"],
-        "recompute_bytes": recompute_unit_bytes(model, policy, every, *batch.tokens.shape[:2]),
+        # a block runs on the rank's S slots, padding included
+        "recompute_bytes": recompute_unit_bytes(model, policy, every, 1, step["tokens_per_rank"]),
         "peak_rss_delta_bytes": step["memory"]["peak_rss_delta_bytes"],
         "rss_method": step["memory"]["rss_method"],
         "step_s": step["times"][0]["total_s"],
@@ -210,7 +228,7 @@ def _measured_step(rank: int, world: int, cfg_dict: dict, side: int, channels: i
     }
 
 
-def _turns(rank: int, world: int, cfg_dict: dict, policies: list[str], side: int, channels: int, warmup, steps):
+def _turns(rank: int, world: int, cfg_dict: dict, policies: list[str], size, channels: int, warmup, steps):
     """Every policy's engine on this rank, taking turns step by step with a ledger each."""
     from pitdist.bench.sp.steps import build
     from pitdist.bench.turns import contender, per_step, take_turns
@@ -223,7 +241,7 @@ def _turns(rank: int, world: int, cfg_dict: dict, policies: list[str], side: int
     mesh = Mesh(ParallelDims(1, world))
     runs = []
     for policy in policies:
-        engine, batch, _ = build(config_from_dict(_with_policy(cfg_dict, policy)), mesh, side, channels)
+        engine, batch, _ = build(config_from_dict(_with_policy(cfg_dict, policy)), mesh, size, channels)
         runs.append(contender(policy, mesh, engine, batch, rank))
     take_turns(runs, warmup, steps)
     return [
@@ -238,11 +256,12 @@ def _turns(rank: int, world: int, cfg_dict: dict, policies: list[str], side: int
     ]
 
 
-def _probes(rank: int, world: int, cfg_dict: dict, policies: list[str], side: int, channels: int, depths):
+def _probes(rank: int, world: int, cfg_dict: dict, policies: list[str], size, channels: int, depths):
     """Forward only at each reduced depth and policy: held bytes and the recompute unit."""
     import torch.nn.functional as F
 
     from pitdist.bench.sp.memory import SavedTensorCounter, counting
+    from pitdist.bench.sp.plan import shard
     from pitdist.bench.sp.steps import model_and_batch
     from pitdist.config import config_from_dict
     from pitdist.distributed.mesh import Mesh
@@ -253,11 +272,11 @@ def _probes(rank: int, world: int, cfg_dict: dict, policies: list[str], side: in
     for policy in policies:
         for depth in depths:
             cfg = config_from_dict({**_with_policy(cfg_dict, policy), "model": {**cfg_dict["model"], "depth": depth}})
-            model, batch = model_and_batch(cfg, mesh, side, channels)
+            model, batch = model_and_batch(cfg, mesh, size, channels)
             counter = SavedTensorCounter(model.parameters())
             with counting(counter):
                 F.cross_entropy(model(batch.tokens, batch.positions), batch.labels)
-            n = batch.tokens.shape[1]
+            n = shard(cfg.model, model.num_tokens, world)  # the slots the blocks ran on, padding included
             out.append(
                 {
                     "policy": policy,
@@ -278,7 +297,8 @@ def _with_policy(cfg_dict: dict, policy: str) -> dict:
 
 
 def extrapolate(probes: list[dict], depth: int, sp: int, cap: float, patch: int, max_side: int = 2048) -> dict:
-    """Full-depth peak bytes per token from two reduced-depth probes, and the largest side under ``cap``."""
+    """Full-depth peak bytes per token from two reduced-depth probes, and the largest square side under
+    ``cap``: every side runs on every P, a rank's peak growing with its S = ceil(tokens / P) slots."""
     (a, b) = sorted(probes, key=lambda r: r["depth"])
     n = a["tokens_per_rank"]
     per_layer = (b["held_bytes"] - a["held_bytes"]) / (b["depth"] - a["depth"])
@@ -286,10 +306,7 @@ def extrapolate(probes: list[dict], depth: int, sp: int, cap: float, patch: int,
     per_token = (held + b["recompute_bytes"]) / n
     side = None
     for s in range(patch, max_side + 1, patch):
-        tokens = (s // patch) ** 2
-        if tokens % sp:
-            continue
-        if tokens // sp * per_token > cap:
+        if -(-((s // patch) ** 2) // sp) * per_token > cap:
             break
         side = s
     return {"per_token_bytes": per_token, "per_layer_token_bytes": per_layer / n, "largest_side": side}
@@ -315,7 +332,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         "machine": {"cores": ncores, "mem_available_bytes": mem_available()},
         "model": {"dim": m.width, "depth": m.num_layers, "heads": m.num_heads, "pos_embed": m.pos_embed},
         "selective_every": cfg.train.selective_every,
-        "side": args.side,
+        **size_fields(args.side),
         "policies": args.policies,
         "cap_bytes": args.cap_gib * GIB,
         "threads_per_rank": {str(p): t for p, t in threads.items()},
@@ -327,15 +344,15 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     def log(message: str) -> None:
         print(f"[bench checkpointing] {message}", file=sys.stderr, flush=True)
 
-    def measured(p: int, policy: str, side: int) -> dict:
+    def measured(p: int, policy: str, size: tuple[int, int]) -> dict:
         start = time.perf_counter()
-        r = run_ranks(p, threads[p], _measured_step, _with_policy(cfg.to_dict(), policy), side, args.channels)
+        r = run_ranks(p, threads[p], _measured_step, _with_policy(cfg.to_dict(), policy), size, args.channels)
         model = activation_memory(m, r[0]["tokens_per_rank"], args.channels, policy, p)
-        log(f"P={p} {policy} {side}x{side}: one step in {time.perf_counter() - start:.0f} s")
+        log(f"P={p} {policy} {size_name(size)}: one step in {time.perf_counter() - start:.0f} s")
         return {
             "sp": p,
             "policy": policy,
-            "side": side,
+            **size_fields(size),
             **r[0],
             "model_held_bytes": model.held,
             "model_recompute_bytes": model.recompute,
@@ -387,7 +404,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
                 write_json(report, out)
         if "largest" in args.parts:
             for p in args.sp:
-                log(f"P={p}: probes at depths {args.probe_depths}, {args.probe_side}x{args.probe_side}")
+                log(f"P={p}: probes at depths {args.probe_depths}, {size_name(args.probe_side)}")
                 probes = run_ranks(
                     p,
                     threads[p],
@@ -413,9 +430,9 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
                     )
                 write_json(report, out)
         if "confirm" in args.parts:
-            for p, policy, side in args.confirm:
-                log(f"confirm: one full-depth step, P={p} {policy} {side}x{side} (minutes at large sides)")
-                report["confirm"].append(measured(p, policy, side))
+            for p, policy, size in args.confirm:
+                log(f"confirm: one full-depth step, P={p} {policy} {size_name(size)} (minutes at large sizes)")
+                report["confirm"].append(measured(p, policy, size))
                 write_json(report, out)
     except BenchError as exc:
         print(f"pitdist bench checkpointing: a rank failed:\n{exc}", file=sys.stderr)
@@ -441,8 +458,7 @@ def render(report: dict) -> str:
         "model = pitdist.report.memory_model"
     ]
     if report["compare"]:
-        side = report["side"]
-        lines.append(f"\n{side}x{side} ({side * side:,} tokens)")
+        lines.append(f"\n{report['height']}x{report['width']} ({report['compare'][0]['tokens']:,} tokens)")
         lines.append(
             f"{'P':>3} {'policy':<10}{'held MiB':>16}{'model':>8}{'recompute':>11}{'peak MiB':>16}{'model':>8}"
             f"{'RSS growth MiB':>21}{'step s':>15}{'sent/step MB':>18}{'re-sent MB':>12}"
@@ -473,7 +489,7 @@ def render(report: dict) -> str:
             )
     for r in report["confirm"]:
         lines.append(
-            f"\nconfirm: P={r['sp']} {r['policy']} {r['side']}x{r['side']} ({r['tokens']:,} tokens), one full-depth "
+            f"\nconfirm: P={r['sp']} {r['policy']} {r['height']}x{r['width']} ({r['tokens']:,} tokens), one full-depth "
             f"step in {r['step_s']:.0f} s: held {r['held_bytes'] / GIB:.3f} GiB + recompute "
             f"{r['recompute_bytes'] / GIB:.3f} GiB = peak {(r['held_bytes'] + r['recompute_bytes']) / GIB:.3f} GiB "
             f"(model {(r['model_held_bytes'] + r['model_recompute_bytes']) / GIB:.3f}); peak RSS growth "
@@ -497,4 +513,4 @@ def plot(report: dict, path) -> None:
             ax.set_ylabel(label)
             ax.set_xticks(sorted({r["sp"] for r in report["compare"]}) or [1])
             ax.legend(fontsize=8)
-        axes[0].set_title(f"{report['side']}x{report['side']}, per rank", fontsize=10)
+        axes[0].set_title(f"{report['height']}x{report['width']}, per rank", fontsize=10)

@@ -57,6 +57,51 @@ def choice_list(choices: tuple[str, ...], what: str) -> Callable[[str], list[str
     return parse
 
 
+def image_size(text: str) -> tuple[int, int]:
+    """An argparse ``type``: an image size (height, width), written ``HxW`` (``30x20``) or one integer
+    for a square (``28`` is 28x28). Every benchmark's size options use it, so that all of them take
+    rectangles and refuse bad text in the same words."""
+    parts = text.strip().lower().split("x")
+    try:
+        if len(parts) > 2:
+            raise ValueError
+        h, w = int(parts[0]), int(parts[-1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write SIDE or HxW, e.g. 28 or 30x20") from None
+    if min(h, w) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the height and width must be >= 1")
+    return h, w
+
+
+def image_sizes(text: str) -> list[tuple[int, int]]:
+    """An argparse ``type``: comma-separated image sizes, each as ``image_size`` reads it (``28,30x20``)."""
+    sizes = [image_size(v) for v in text.replace(" ", "").split(",") if v]
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more sizes, e.g. 28,30x20")
+    return sizes
+
+
+def size_name(size: tuple[int, int]) -> str:
+    """``HxW``, as the tables print a size."""
+    return f"{size[0]}x{size[1]}"
+
+
+def size_fields(size: tuple[int, int]) -> dict:
+    """A size as results record it: height and width, and ``side`` (None for a rectangle), which the
+    reports and plots of square images have always read."""
+    h, w = size
+    return {"side": h if h == w else None, "height": h, "width": w}
+
+
+def patch_tokens(size: tuple[int, int], patch: int, option: str) -> int:
+    """The tokens of an image of ``size`` in ``patch`` x ``patch`` patches; BenchOptionError naming
+    ``option`` when the patches do not tile it (the model refuses such an image)."""
+    h, w = size
+    if h % patch or w % patch:
+        raise BenchOptionError(f"{option} {size_name(size)}: not divisible by model.patch_size = {patch}")
+    return (h // patch) * (w // patch)
+
+
 def hwc(text: str) -> tuple[int, int, int]:
     """``HxWxC`` as three integers; ValueError when it is not that (callers word the message)."""
     h, w, c = (int(v) for v in text.split("x"))

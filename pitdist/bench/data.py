@@ -2,10 +2,11 @@
 
 For each image size (28x28x1 from Fashion-MNIST when its idx files are installed, else generated; and
 larger generated images) the benchmark converts a dataset into pitdist Arrow shards, then times one
-epoch of what one SP rank does per step (rank 0 of P, so N/P tokens per image):
+epoch of what one SP rank does per step (rank 0 of P, so its S = ceil(N/P) tokens per image; any N
+runs on any P, the last ranks' shards padded):
 
   local    memory-mapped shards -> the rank's DP share of a seeded shuffled global batch (BatchSchedule)
-           -> uint8 gather -> pixels_to_tokens(token_range): exactly LocalBatches' path. "gather" is the
+           -> uint8 gather -> pixels_to_tokens(pixels(0)): exactly LocalBatches' path. "gather" is the
            uint8 part alone.
   ray      Ray Data (ray_dataset + iter_pixel_batches, one consumer = one worker) -> pixels_to_tokens;
            timed from the first batch (the wait for it is reported apart, as it is a per-epoch start-up).
@@ -39,6 +40,8 @@ def _shape(text: str) -> tuple[int, int, int]:
         h, w, c = hwc(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxWxC such as 224x224x3, got {text!r}") from None
+    if min(h, w, c) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: sides and channels must be >= 1")
     return h, w, c
 
 
@@ -64,7 +67,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--fashion-mnist", default=FASHION_MNIST_DIR, help="idx directory for 28x28x1 ('' = generate)")
     p.add_argument("--batch-size", type=int, default=1024, help="global images per step (default 1024)")
-    p.add_argument("--sp", type=int, default=2, help="SP ranks P: the timed rank converts N/P tokens (default 2)")
+    p.add_argument("--sp", type=int, default=2, help="SP ranks P: the timed rank converts ceil(N/P) tokens (default 2)")
     p.add_argument("--shard-mb", type=float, default=16.0, help="shard size of the converted datasets (default 16)")
     p.add_argument("--no-ray", action="store_true", help="skip the Ray Data measurement")
     p.add_argument("--train-steps", type=int, default=3, help="timed training steps (default 3, after 1 warm-up)")
@@ -109,13 +112,13 @@ def _local(path: Path, batch: int, sp: int) -> dict:
     from pitdist.data.registry import load_dataset
     from pitdist.data.sharding import BatchSchedule
     from pitdist.models.pit import pixels_to_tokens
-    from pitdist.parallel_dims import ParallelDims
+    from pitdist.parallel_dims import TokenShards
 
     t0 = time.perf_counter()
     data = load_dataset(str(path))
     open_s = time.perf_counter() - t0
     h, w, c = data.image_shape
-    token_range = ParallelDims(1, sp).token_range(0, h * w)
+    token_range = TokenShards(h * w, sp).pixels(0)
     schedule = BatchSchedule(len(data), min(batch, len(data)), seed=0)
     steps = range(schedule.steps_per_epoch)
     schedule.dp_indices(0, 0, 1)  # the epoch's permutation, once
@@ -146,11 +149,11 @@ def _ray(path: Path, batch: int, sp: int) -> dict:
 
     from pitdist.data.ray_reader import iter_pixel_batches, ray_dataset
     from pitdist.models.pit import pixels_to_tokens
-    from pitdist.parallel_dims import ParallelDims
+    from pitdist.parallel_dims import TokenShards
 
     warnings.filterwarnings("ignore", "The given NumPy array is not writable")  # Ray's buffers are read-only
     ds, shape, _ = ray_dataset(path)
-    token_range = ParallelDims(1, sp).token_range(0, shape[0] * shape[1])
+    token_range = TokenShards(shape[0] * shape[1], sp).pixels(0)
     n_rank = token_range[1] - token_range[0]
     t0 = time.perf_counter()
     first = None
@@ -221,9 +224,6 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         model_cfg = load_config(None, list(overrides)).model
         if min(args.rows, args.batch_size, args.sp, args.train_steps, args.train_batch) < 1:
             raise ConfigError("--rows, --batch-size, --sp, --train-steps and --train-batch must be >= 1")
-        for h, w, _ in args.sizes:
-            if (h * w) % args.sp:
-                raise ConfigError(f"--sp {args.sp} does not divide the {h * w} tokens of a {h}x{w} image")
     except ConfigError as exc:
         return option_error("data", exc)
     import torch

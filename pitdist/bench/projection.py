@@ -24,11 +24,23 @@ memory x --usable. The traffic table adds what each policy's backward re-sends.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import textwrap
 from pathlib import Path
 
-from pitdist.bench.common import choice_list, created, figure, hwc, int_list, json_path, plot_path, publish
+from pitdist.bench.common import (
+    choice_list,
+    created,
+    figure,
+    hwc,
+    image_sizes,
+    int_list,
+    json_path,
+    plot_path,
+    publish,
+    size_fields,
+)
 from pitdist.config import ACTIVATION_CHECKPOINTING
 
 INT_LIST = int_list(1, "8,64,512")  # the list-valued options' type
@@ -97,10 +109,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--mem-sides",
-        type=INT_LIST,
-        default=[224, 336, 448, 512],
+        type=image_sizes,
+        default=[(224, 224), (336, 336), (448, 448), (512, 512)],
         metavar="LIST",
-        help="square image sides of the memory table (default: 224,336,448,512)",
+        help="image sizes of the memory table, SIDE or HxW, comma-separated (default: 224,336,448,512)",
     )
     p.add_argument(
         "--checkpointing",
@@ -121,11 +133,11 @@ def _model(size: str, pos_embed: str = "learned", shard: bool = False):
     return ModelConfig(size=size, pos_embed=pos_embed, shard_pos_embed=shard)
 
 
-def sp_sizes(w: int, max_sp: int, tokens: int) -> list[int]:
-    """Powers of two up to min(W, max_sp) that divide W and the tokens."""
+def sp_sizes(w: int, max_sp: int) -> list[int]:
+    """Powers of two up to min(W, max_sp) that divide W (any token count splits over them, padded)."""
     out, p = [], 1
     while p <= min(w, max_sp):
-        if w % p == 0 and tokens % p == 0:
+        if w % p == 0:
             out.append(p)
         p *= 2
     return out
@@ -145,8 +157,8 @@ def traffic_rows(args: argparse.Namespace) -> list[dict]:
         unit = n * d * 2
         params = param_counts(_model(size, "none"), c, 1000, n).total
         for w in args.gpus:
-            for p in sp_sizes(w, args.max_sp, n):
-                pairs = valid_factorisations(p, heads, n)
+            for p in sp_sizes(w, args.max_sp):
+                pairs = valid_factorisations(p, heads)
                 if not pairs:
                     continue
                 u, r = pairs[0]  # the largest Ulysses factor: fewest bytes (pitdist.report.comm_model.scheme_table)
@@ -215,10 +227,10 @@ def traffic_rows(args: argparse.Namespace) -> list[dict]:
 
 
 def memory_rows(args: argparse.Namespace) -> list[dict]:
-    """Per model, side and checkpointing policy: one image's peak activations and the smallest P that fits
+    """Per model, image size and checkpointing policy: one image's peak activations and the smallest P that fits
     each GPU."""
     from pitdist.config import ModelConfig
-    from pitdist.parallel_dims import valid_factorisations
+    from pitdist.parallel_dims import TokenShards, valid_factorisations
     from pitdist.report.comm_model import param_counts
     from pitdist.report.memory_model import activation_memory
 
@@ -227,16 +239,17 @@ def memory_rows(args: argparse.Namespace) -> list[dict]:
     rows = []
     for size in args.sizes:
         m = ModelConfig(size=size)
-        for side in args.mem_sides:
-            n = side * side
+        for image in args.mem_sides:
+            n = image[0] * image[1]
             params = param_counts(_model(size, "learned"), c, 1000, n).total
             state = params * (2 + (2 + 12) / w)
-            meshes = [(p, valid_factorisations(p, m.num_heads, n)) for p in sp_sizes(w, args.max_sp, n)]
+            meshes = [(p, valid_factorisations(p, m.num_heads)) for p in sp_sizes(w, args.max_sp)]
             meshes = [(p, pairs[0][1]) for p, pairs in meshes if pairs]  # (P, ring of the fewest-bytes split)
             for policy in args.checkpointing:
 
                 def peak(p: int, ring: int, m=m, n=n, policy=policy) -> float:
-                    return activation_memory(m, n // p, c, policy, p, ring, bytes_per_element=2).peak
+                    shard = TokenShards(n, p, cls=m.pool == "cls").shard  # a rank's slots, padding included
+                    return activation_memory(m, shard, c, policy, p, ring, bytes_per_element=2).peak
 
                 act = peak(1, 1)
                 need, images = {}, {}
@@ -247,7 +260,7 @@ def memory_rows(args: argparse.Namespace) -> list[dict]:
                 rows.append(
                     {
                         "size": size,
-                        "side": side,
+                        **size_fields(image),
                         "tokens": n,
                         "checkpointing": policy,
                         "activation_bytes_per_image": act,
@@ -304,7 +317,7 @@ def render(report: dict) -> str:
                 + (f" ({r['images_without_sp'][m]} img)" if p == 1 else "")
             )
         out.append(
-            f"{r['size']:<6}{str(r['side']) + 'x' + str(r['side']):>11}{r['tokens']:>11,}  {r['checkpointing']:<14}"
+            f"{r['size']:<6}{str(r['height']) + 'x' + str(r['width']):>11}{r['tokens']:>11,}  {r['checkpointing']:<14}"
             f"{_gb(r['activation_bytes_per_image']):>12}{_gb(r['state_bytes_per_gpu']):>11}"
             + "".join(f"{c:>14}" for c in cells)
         )
@@ -342,13 +355,14 @@ def plot(report: dict, path: Path) -> None:
         ax.set_title(f"{h}x{wi} on {w} GPUs, 1 image per SP group, bf16", fontsize=10)
         ax.legend(fontsize=6)
         ax = axes[1]
-        sides = sorted({r["side"] for r in report["memory"]})
+        # x: the side, or for a rectangle the side of the square with as many pixels
+        sides = sorted({math.sqrt(r["tokens"]) for r in report["memory"]})
         styles = {"none": "o-", "full": "s--", "selective": "^-.", "local": "d:"}
         for size in dict.fromkeys(r["size"] for r in report["memory"]):
             for policy in report["checkpointing"]:
                 sub = [r for r in report["memory"] if r["size"] == size and r["checkpointing"] == policy]
                 ax.plot(
-                    [r["side"] for r in sub],
+                    [math.sqrt(r["tokens"]) for r in sub],
                     [r["activation_bytes_per_image"] / GB for r in sub],
                     styles[policy],
                     label=f"{size}, {policy}",
@@ -357,7 +371,7 @@ def plot(report: dict, path: Path) -> None:
             ax.axhline(float(mem) * report["usable"], color="grey", lw=0.7, ls="--")
             ax.text(sides[0], float(mem) * report["usable"] * 1.05, f"{mem} GB GPU", fontsize=7, color="grey")
         ax.set_yscale("log")
-        ax.set_xlabel("image side (pixels, one token each)")
+        ax.set_xlabel("image side, sqrt(H x W) for a rectangle (pixels, one token each)")
         ax.set_ylabel("activations per image, GB (bf16)")
         ax.set_title("one image's activations vs a GPU: above a line, SP is needed", fontsize=10)
         ax.legend(fontsize=8)

@@ -28,11 +28,16 @@ from pitdist.bench.common import (
     BenchOptionError,
     cores,
     figure,
+    image_size,
+    image_sizes,
     int_list,
     json_path,
     mem_available,
     one_image_job,
     option_error,
+    patch_tokens,
+    size_fields,
+    size_name,
     slowest,
     write_json,
 )
@@ -64,7 +69,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="SP sizes P (default 2,4,8; a P whose ranks "
         "would not fit in the memory available is skipped, and said so)",
     )
-    p.add_argument("--side", type=int, default=56, help="square image side (default 56: 3,136 tokens)")
+    p.add_argument(
+        "--side", type=image_size, default=(56, 56), help="image size, SIDE or HxW (default 56: 3,136 tokens)"
+    )
     p.add_argument("--channels", type=int, default=1, help="image channels (default 1)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per scheme (default 2)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per scheme (default 5)")
@@ -75,7 +82,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="PiT size for the 64-rank projection (default base: 12 heads)",
     )
     p.add_argument(
-        "--project-sides", type=INT_LIST, default=[224, 512], help="image sides to project (default 224,512)"
+        "--project-sides",
+        type=image_sizes,
+        default=[(224, 224), (512, 512)],
+        help="image sizes to project, SIDE or HxW, comma-separated (default 224,512)",
     )
     p.add_argument("--project-world", type=int, default=64, help="ranks of the projection (default 64)")
     p.add_argument(
@@ -100,16 +110,16 @@ def plan(args: argparse.Namespace, overrides: list[str]):
     bad = [o for o in overrides if o.startswith("--") and not o.startswith("--model.")]
     if bad:
         raise BenchOptionError(f"pitdist bench ring takes only --model.KEY VALUE besides its own options; got {bad[0]}")
-    if args.side < 1 or args.channels < 1 or args.steps < 1 or args.warmup < 0:
-        raise BenchOptionError("--side, --channels and --steps must be >= 1, --warmup >= 0")
+    if args.channels < 1 or args.steps < 1 or args.warmup < 0:
+        raise BenchOptionError("--channels and --steps must be >= 1, --warmup >= 0")
     cfg = one_image_job(DEFAULT_MODEL, overrides, "--optim.grad_clip", "0", "--metrics.ledger", "true")
-    tokens = (args.side // cfg.model.patch_size) ** 2
+    patch_tokens(args.side, cfg.model.patch_size, "--side")  # any token count runs on any P, padded
     schemes, skipped = {}, []
     available = mem_available()
     for p in args.sp:
-        pairs = valid_factorisations(p, cfg.model.num_heads, tokens)
+        pairs = valid_factorisations(p, cfg.model.num_heads)
         if not pairs:  # let the mesh say why, in its words
-            ParallelDims(1, p).validate(heads=cfg.model.num_heads, num_tokens=tokens)
+            ParallelDims(1, p).validate(heads=cfg.model.num_heads)
         if available is not None and p * RANK_BYTES > available:
             skipped.append(
                 {
@@ -124,7 +134,7 @@ def plan(args: argparse.Namespace, overrides: list[str]):
 
 
 def _rank_main(
-    rank: int, world: int, cfg_dict: dict, rings: list[int], side: int, channels: int, warmup: int, steps: int
+    rank: int, world: int, cfg_dict: dict, rings: list[int], size, channels: int, warmup: int, steps: int
 ) -> dict:
     import torch
 
@@ -141,7 +151,7 @@ def _rank_main(
     runs = []
     for ring in rings:
         mesh = Mesh(ParallelDims(1, world, ring))
-        model, batch = model_and_batch(cfg, mesh, side, channels)  # the same weights and image for every split
+        model, batch = model_and_batch(cfg, mesh, size, channels)  # the same weights and image for every split
         runs.append(contender(ring, mesh, build_engine(model, cfg, mesh, torch.float32), batch, rank))
     take_turns(runs, warmup, steps)
     out = [{"ring": c.name, "times": c.times, "losses": c.losses, "by_category": per_step(c, warmup)} for c in runs]
@@ -149,7 +159,7 @@ def _rank_main(
 
 
 def aggregate(
-    cfg, schemes: dict[int, list[int]], results: dict[int, list[dict]], side: int, channels: int
+    cfg, schemes: dict[int, list[int]], results: dict[int, list[dict]], size: tuple[int, int], channels: int
 ) -> list[dict]:
     from pitdist.report.comm_model import scheme_name, step_traffic
 
@@ -160,7 +170,7 @@ def aggregate(
             per_rank = [r["runs"][j] for r in ranks]
             per_step = slowest([r["times"] for r in per_rank])
             measured = per_rank[0]["by_category"]  # ranks are symmetric; the JSON keeps them all
-            model = step_traffic(cfg.model, (side, side, channels), NUM_CLASSES, 1, 1, p, 0, 0.0, 4, ring=ring)
+            model = step_traffic(cfg.model, (*size, channels), NUM_CLASSES, 1, 1, p, 0, 0.0, 4, ring=ring)
             attn = sum(measured[c]["sent"] for c in ATTENTION if c in measured)
             attn_model = sum(model[c].sent for c in ATTENTION if c in model)
             total = sum(v["sent"] for v in measured.values())
@@ -188,7 +198,7 @@ def aggregate(
 
 
 def projection(args: argparse.Namespace) -> list[dict]:
-    """The model's bytes per rank per step on ``--project-world`` ranks, every scheme, for each side."""
+    """The model's bytes per rank per step on ``--project-world`` ranks, every scheme, for each size."""
     from pitdist.config import load_config
     from pitdist.parallel_dims import valid_factorisations
     from pitdist.report.comm_model import attention_sent, scheme_name, step_traffic
@@ -196,15 +206,15 @@ def projection(args: argparse.Namespace) -> list[dict]:
     world = args.project_world
     model = load_config(None, ["--model.size", args.project_model, "--model.pos_embed", "sincos"]).model
     rows = []
-    for side in args.project_sides:
-        n = (side // model.patch_size) ** 2
+    for h, w in args.project_sides:
+        n = (h // model.patch_size) * (w // model.patch_size)
         for p in [p for p in args.project_sp if world % p == 0]:
             q = world // p
-            for u, r in valid_factorisations(p, model.num_heads, n):
-                t = step_traffic(model, (side, side, 3), 1000, q, q, p, 0, 1.0, 2, ring=r)
+            for u, r in valid_factorisations(p, model.num_heads):
+                t = step_traffic(model, (h, w, 3), 1000, q, q, p, 0, 1.0, 2, ring=r)
                 rows.append(
                     {
-                        "side": side,
+                        **size_fields((h, w)),
                         "tokens": n,
                         "world": world,
                         "dp": q,
@@ -220,6 +230,10 @@ def projection(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def _size_name(r: dict) -> str:
+    return size_name((r["height"], r["width"]))
+
+
 def _mb(x: float) -> str:
     return f"{x / 1e9:.2f} GB" if x >= 1e9 else f"{x / 1e6:.2f} MB"
 
@@ -227,7 +241,7 @@ def _mb(x: float) -> str:
 def render(report: dict) -> str:
     m = report["model"]
     lines = [
-        f"Measured: {report['side']}x{report['side']}x{report['channels']} images ({report['tokens']:,} tokens), "
+        f"Measured: {report['height']}x{report['width']}x{report['channels']} images ({report['tokens']:,} tokens), "
         f"D={m['dim']}, L={m['depth']}, {m['heads']} heads, batch 1, fp32, gloo on {report['machine']['cores']} "
         f"cores; per rank per step, median of {report['steps']} steps (slowest rank); ratio = total sent / "
         "model; attn comm s = seconds inside attention's communication calls and ring waits",
@@ -252,11 +266,11 @@ def render(report: dict) -> str:
             "attention bytes sent per rank per step (units of N*D*e)"
         )
         lines.append(
-            f"{'side':>5} {'tokens':>8} {'Q x P':>8}  {'scheme':<22}{'attention':>14}{'(N*D*e)':>9}{'total':>12}"
+            f"{'image':>9} {'tokens':>8} {'Q x P':>8}  {'scheme':<22}{'attention':>14}{'(N*D*e)':>9}{'total':>12}"
         )
         for r in proj:
             lines.append(
-                f"{r['side']:>5} {r['tokens']:>8} {str(r['dp']) + ' x ' + str(r['sp']):>8}  {r['scheme']:<22}"
+                f"{_size_name(r):>9} {r['tokens']:>8} {str(r['dp']) + ' x ' + str(r['sp']):>8}  {r['scheme']:<22}"
                 f"{_mb(r['attention_sent_bytes']):>14}{r['units_nde']:>9.2f}{_mb(r['total_sent_bytes']):>12}"
             )
     return "\n".join(lines)
@@ -278,7 +292,7 @@ def plot(report: dict, path: Path) -> None:
         ax.plot(xs, [r["model_total_sent_bytes"] / 1e6 for r in rows], "k_", markersize=18, label="model total")
         ax.set_xticks(list(xs), labels, fontsize=7)
         ax.set_ylabel("MB sent per rank per step")
-        ax.set_title(f"{report['side']}x{report['side']} image: bytes per rank")
+        ax.set_title(f"{_size_name(report)} image: bytes per rank")
         ax.legend(fontsize=7)
         ax = axes[1]
         ax.bar(xs, [r["step_s"] for r in rows], color="tab:green")
@@ -286,14 +300,14 @@ def plot(report: dict, path: Path) -> None:
         ax.set_ylabel("seconds per training step (median, slowest rank)")
         ax.set_title(f"step time ({report['machine']['cores']} shared cores)")
         ax = axes[2]
-        for side in dict.fromkeys(r["side"] for r in report["projection"]):
+        for name in dict.fromkeys(_size_name(r) for r in report["projection"]):
             for kind, style in (("ulysses", "o-"), ("ring", "s--"), ("hybrid", "^:")):
                 pts = []
-                for p in sorted({r["sp"] for r in report["projection"] if r["side"] == side}):
+                for p in sorted({r["sp"] for r in report["projection"] if _size_name(r) == name}):
                     cands = [
                         r
                         for r in report["projection"]
-                        if r["side"] == side
+                        if _size_name(r) == name
                         and r["sp"] == p
                         and (
                             r["ring"] == 1
@@ -306,7 +320,7 @@ def plot(report: dict, path: Path) -> None:
                     if cands:
                         pts.append((p, min(c["attention_sent_bytes"] for c in cands)))
                 if pts:
-                    ax.plot([p for p, _ in pts], [b / 1e9 for _, b in pts], style, label=f"{side}px {kind}")
+                    ax.plot([p for p, _ in pts], [b / 1e9 for _, b in pts], style, label=f"{name} {kind}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel(f"P (Q = {report['projection'][0]['world'] if report['projection'] else '?'} / P)")
@@ -343,9 +357,9 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     report = {
         "argv": sys.argv[1:],
         "machine": {"cores": ncores, "mem_available_bytes": mem_available()},
-        "side": args.side,
+        **size_fields(args.side),
         "channels": args.channels,
-        "tokens": (args.side // cfg.model.patch_size) ** 2,
+        "tokens": patch_tokens(args.side, cfg.model.patch_size, "--side"),
         "model": {
             "dim": cfg.model.width,
             "depth": cfg.model.num_layers,

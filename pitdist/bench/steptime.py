@@ -55,7 +55,7 @@ EPILOG = textwrap.dedent(
     """\
     Model: nano (width 64, 4 layers, 4 heads, sin-cos PE) unless overridden with --model.KEY VALUE
     (any other job setting too: --SECTION.KEY VALUE, as for `pitdist train`). P must divide the heads
-    and the image's tokens.
+    (or add --parallel.ring); any image runs on any P, each rank's tokens padded to ceil(tokens / P).
 
     Outputs: a table on stdout, JSON (--out) and a PNG (--plot): stacked seconds per step vs P.
 
@@ -141,7 +141,7 @@ def configs(args: argparse.Namespace, overrides: list[str], run_root: Path) -> l
             ],
         )
         try:
-            validate_job(cfg)  # the mesh fits the heads and tokens: refuse before any rank starts
+            validate_job(cfg)  # the mesh fits the heads and the patches tile the images: refuse before any rank starts
         except ValueError as exc:
             raise BenchOptionError(f"--sp {p}: {exc}") from None
         out.append(cfg)

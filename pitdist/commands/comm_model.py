@@ -14,11 +14,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "comm-model",
         help="project per-rank communication with the analytical model (no training)",
         description="Print what each rank would send per step, by cause, for the PE variants, from the "
-        "analytical model that `pitdist comm-report` checks against measurements. Use it to extrapolate "
-        "to image sizes and meshes this machine cannot run.",
+        "analytical model that `pitdist comm-report` checks against measurements, and how much of it "
+        "carries padding (P that does not divide an image's tokens pads every shard to the same length). "
+        "Use it to extrapolate to image sizes and meshes this machine cannot run.",
         epilog="Examples\n  pitdist comm-model --model.size base --image 224x224x3 --sp 4,12 --batch 1\n"
         "  pitdist comm-model --model.size base --image 512x512x3 --sp 4,16,64 --schemes\n"
-        "  pitdist comm-model --sp 4 --train.activation_checkpointing full   # with what backward re-sends",
+        "  pitdist comm-model --sp 4 --train.activation_checkpointing full   # with what backward re-sends\n"
+        "  pitdist comm-model --model.size tiny --image 28x28x1 --sp 3 --model.pool cls   # padded shards",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--image", default="224x224x3", help="HxWxC of the images (default 224x224x3)")
@@ -71,10 +73,9 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     if not args.schemes:
         from pitdist.parallel_dims import MeshError, ParallelDims
 
-        n = (h // cfg.model.patch_size) * (w // cfg.model.patch_size)
         for sp in sps:
             try:  # a projection may go where Ulysses cannot: say so, but still compute it
-                ParallelDims(args.dp, sp).validate(heads=cfg.model.num_heads, num_tokens=n)
+                ParallelDims(args.dp, sp).validate(heads=cfg.model.num_heads)
             except MeshError as exc:
                 print(f"note: pitdist would refuse P = {sp} here: {exc}")
     table = scheme_table if args.schemes else projection_table

@@ -9,6 +9,9 @@ A dataset is a directory:
                          pixels fixed_size_binary(H*W*C)  the raw uint8 image, H x W x C row-major
                        schema metadata: pitdist.format_version, .height, .width, .channels, .class_names (JSON)
 
+Images may be rectangular: height and width are kept apart in the manifest, the metadata and every
+view, and a shape is written H x W x C (rows, then columns, then channels), as numpy indexes it.
+
 Why Arrow IPC rather than Parquet: an uncompressed IPC file memory-maps with zero copies, so the pixel
 column of a record batch *is* a numpy array [n, H, W, C] over the page cache (np.frombuffer on its data
 buffer); Parquet always decodes into fresh memory (about 1M 28x28 images/s here against millions for
@@ -139,7 +142,7 @@ class DatasetWriter:
         if pixels.dtype != np.uint8 or pixels.shape[1:] != self.shape:
             raise DataError(
                 f"images of dtype {pixels.dtype} and shape {pixels.shape[1:]} do not match the dataset's "
-                f"uint8 {self.shape}"
+                f"uint8 {self.shape} (H, W, C)"
             )
         labels = np.asarray(labels, dtype=np.int64)
         ids = (
@@ -413,8 +416,12 @@ def open_arrow_dataset(path: str | os.PathLike, checksum: bool = True) -> ArrowD
         tables.append(table)
         ids.append(np.asarray(table.column("id").to_numpy(), np.int64))
         labels.append(lab)
-    if (shape[0], shape[1], shape[2]) != (manifest.get("height"), manifest.get("width"), manifest.get("channels")):
-        raise DataError(f"{root / MANIFEST}: image shape differs from the shards' {shape}")
+    listed = (manifest.get("height"), manifest.get("width"), manifest.get("channels"))
+    if shape != listed:  # H and W swapped keeps the byte width: only this comparison catches it
+        raise DataError(
+            f"{root / MANIFEST}: image shape {'x'.join(map(str, listed))} (HxWxC) differs from the shards' "
+            f"{'x'.join(map(str, shape))}; re-convert the source"
+        )
     all_ids = np.concatenate(ids)
     if len(all_ids) == 0:
         raise DataError(f"{root}: the dataset is empty (0 images)")

@@ -29,7 +29,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="convert image sources to pitdist Arrow shards; inspect them",
         description="pitdist's pixel dataset format: Arrow IPC shards (id, label, "
         "pixels = fixed_size_binary(H*W*C) uint8) with shape and class names in the schema "
-        "metadata and a manifest of row counts and sha256 checksums.",
+        "metadata and a manifest of row counts and sha256 checksums. Images may be rectangular (any "
+        "H x W, one size per dataset); shapes print as HxWxC.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -103,7 +104,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
                 source, args.out, args.rows_per_shard, args.shard_mb, args.overwrite, progress=not args.no_progress
             )
             print(
-                f"wrote {out}: {source.num_rows} images of {'x'.join(map(str, source.shape))}, "
+                f"wrote {out}: {source.num_rows} images of {'x'.join(map(str, source.shape))} (HxWxC), "
                 f"{len(source.class_names)} classes, from {source.description}"
             )
         elif args.data_command == "audit":

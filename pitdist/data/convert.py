@@ -310,7 +310,7 @@ def inspect(path: str | os.PathLike, grid: str | os.PathLike | None, count: int 
     lines = [
         f"dataset {ds.path}",
         f"  format {ds.manifest['format']} v{ds.manifest['format_version']}, "
-        f"{len(ds.ids)} images of {h}x{w}x{c} uint8, {len(ds.class_names)} classes, "
+        f"{len(ds.ids)} images of {h}x{w}x{c} (HxWxC) uint8, {len(ds.class_names)} classes, "
         f"{len(ds.manifest['shards'])} shards (checksums verified)",
         "  schema:",
     ]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from pitdist.distributed import comm
-from pitdist.parallel_dims import MeshError, ParallelDims
+from pitdist.parallel_dims import MeshError, ParallelDims, TokenShards
 
 
 class Mesh:
@@ -97,8 +97,13 @@ class Mesh:
     def ring(self) -> int:
         return self.dims.ring
 
-    def token_range(self, num_tokens: int) -> tuple[int, int]:
-        return self.dims.token_range(self.sp_rank, num_tokens)
+    def token_shards(self, num_pixels: int, cls: bool = False) -> TokenShards:
+        """How an image's tokens split over this rank's SP group (its own: ``.pixels(mesh.sp_rank)``)."""
+        return self.dims.shards(num_pixels, cls)
+
+    def pixel_range(self, num_pixels: int, cls: bool = False) -> tuple[int, int]:
+        """The pixel tokens [lo, hi) of an image that this rank holds (possibly fewer than its slots)."""
+        return self.token_shards(num_pixels, cls).pixels(self.sp_rank)
 
     # --- the mpu interface DeepSpeed queries (names are DeepSpeed's) ---------------------------------
     # The "sequence-parallel group" DeepSpeed sees is always the whole SP group (Ulysses x ring): the

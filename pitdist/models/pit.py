@@ -2,9 +2,16 @@
 
 The model knows nothing about distribution. It takes tokens and their GLOBAL positions, so a rank
 that holds tokens [lo, hi) of an image runs the very same module; sequence parallelism only swaps the
-inner attention and the pooling, and activation checkpointing only the functions that run a block
-and its local stages (pitdist.distributed.parallelize). Global average pooling instead of a CLS
-token keeps the sequence at H*W/p^2 tokens, which must divide evenly over the SP ranks.
+inner attention, the pooling and the sequence the blocks run on (a rank's shard, padded to the
+group's common length), and activation checkpointing only the functions that run a block and its
+local stages (pitdist.distributed.parallelize).
+
+The image's feature is the mean of its N pixel tokens (``pool = "mean"``, as the PiT paper) or the
+output of a learned CLS token (``pool = "cls"``, ViT's). The CLS token is the LAST token of the
+sequence (ViT puts it first): attention has no notion of order and the position embeddings attach to
+the pixel tokens themselves, so where the CLS token sits changes nothing in the result, and putting it
+last keeps every pixel token's sequence position equal to its pixel position. It has no position
+embedding: it is a learned vector already.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pitdist.config import ModelConfig
@@ -44,6 +52,36 @@ class MeanPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=1)
+
+
+class ClsPool(nn.Module):
+    """The CLS token's output: the last token of the sequence (see the module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, -1]
+
+
+class TokenSequence(nn.Module):
+    """What the blocks run on: the embedded pixel tokens, then the CLS token if this sequence holds it,
+    then zero padding up to ``length`` slots.
+
+    The plain model holds the whole image, unpadded (``length`` None). Under sequence parallelism each
+    rank holds one shard of S slots (pitdist.parallel_dims.TokenShards): its pixel tokens, the CLS
+    token on the one rank whose slots include it, and padding. A padded slot is never a key (the
+    attention attends to real keys only) and never pooled, so it adds nothing to the result and gets a
+    gradient of exactly zero; zeros keep it finite.
+    """
+
+    def __init__(self, holds_cls: bool, length: int | None = None):
+        super().__init__()
+        self.holds_cls, self.length = holds_cls, length
+
+    def forward(self, x: torch.Tensor, cls_token: torch.Tensor | None) -> torch.Tensor:
+        if self.holds_cls:
+            x = torch.cat([x, cls_token.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+        if self.length is not None and x.shape[1] < self.length:
+            x = F.pad(x, (0, 0, 0, self.length - x.shape[1]))
+        return x
 
 
 class MLP(nn.Module):
@@ -106,6 +144,7 @@ class PiT(nn.Module):
         heads: int = 4,
         mlp_ratio: float = 4.0,
         pos_embed: str = "sincos",
+        pool: str = "mean",
     ):
         super().__init__()
         h, w = image_size
@@ -116,12 +155,18 @@ class PiT(nn.Module):
         self.num_tokens = self.grid[0] * self.grid[1]
         self.embed = nn.Linear(channels * patch_size * patch_size, dim)
         self.pos_embed = build_pos_embed(pos_embed, self.grid, dim)
+        if pool not in ("mean", "cls"):
+            raise ValueError(f"unknown pooling {pool!r}; choose mean or cls")
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
+        self.sequence = TokenSequence(holds_cls=pool == "cls")
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
         self.run_block: Callable[..., Any] = run  # (block, x) -> block(x); see Block
         self.norm = nn.LayerNorm(dim)
-        self.pool: nn.Module = MeanPool()
+        self.pool: nn.Module = MeanPool() if pool == "mean" else ClsPool()
         self.head = nn.Linear(dim, num_classes)
         self.apply(_init_weights)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
         # A pixel token has only C inputs: the truncated-normal 0.02 init would leave its intensity a
         # whisper next to the position embedding. Xavier (as MAE inits its patch embedding) fixes that
         # and trains digits ~4x faster.
@@ -133,7 +178,7 @@ class PiT(nn.Module):
             if tokens.shape[1] != self.num_tokens:
                 raise ValueError(f"got {tokens.shape[1]} tokens without positions; the image has {self.num_tokens}")
             positions = torch.arange(self.num_tokens, device=tokens.device)
-        x = self.pos_embed(self.embed(tokens), positions)
+        x = self.sequence(self.pos_embed(self.embed(tokens), positions), self.cls_token)
         for block in self.blocks:
             x = self.run_block(block, x)
         return self.head(self.pool(self.norm(x)))
@@ -165,4 +210,5 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes
         heads=cfg.num_heads,
         mlp_ratio=cfg.mlp_ratio,
         pos_embed=cfg.pos_embed,
+        pool=cfg.pool,
     )

@@ -2,9 +2,12 @@
 
 Notation: b images per SP group per step, N tokens per image, D width, L layers, P SP ranks, Q DP
 ranks, W = Q*P, e bytes per element; P = U x R when Ulysses runs over U ranks and ring attention over
-R. Every category gives the bytes a collective is HANDED (the tensor passed to it) and the bytes that
-LEAVE the rank under the algorithm named in pitdist.observe.ledger (ring all-reduce 2n(W-1)/W,
-all-gather s(W-1), all-to-all n(W-1)/W).
+R. Every rank holds S = ceil((N + cls) / P) token slots (pitdist.parallel_dims.TokenShards), padded at
+the end, and sends whole shards: the formulas below write N/P for S, exact when P divides N (and no
+CLS token), otherwise counting the P*S - N - cls padded slots as they travel. ``padding_share`` is
+the fraction of those bytes that is padding. Every category gives the bytes a collective is HANDED
+(the tensor passed to it) and the bytes that LEAVE the rank under the algorithm named in
+pitdist.observe.ledger (ring all-reduce 2n(W-1)/W, all-gather s(W-1), all-to-all n(W-1)/W).
 
     attention_a2a     8 per layer (q, k, v, out; forward and backward), each a [b, N/P, D] shard:
                       handed 8*L*b*N*D*e/P, sent that * (U-1)/U (U = P for plain Ulysses).
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 
 from pitdist.config import JobConfig, ModelConfig, checkpointed_blocks
 from pitdist.observe.categories import LAYER_CATEGORIES, Category
+from pitdist.parallel_dims import TokenShards
 
 
 @dataclass(frozen=True)
@@ -60,14 +64,40 @@ class ParamCounts:
 
 
 def param_counts(cfg: ModelConfig, in_features: int, num_classes: int, num_tokens: int, sp: int = 1) -> ParamCounts:
-    """Parameters of pitdist's PiT, split as pitdist.train.engine.param_groups splits them."""
+    """Parameters of pitdist's PiT, split as pitdist.train.engine.param_groups splits them. A table
+    sharded over P > 1 ranks holds S rows on each (its share of a table padded to P * S rows)."""
     d, hidden = cfg.width, int(cfg.width * cfg.mlp_ratio)
     decay = in_features * d + cfg.num_layers * (4 * d * d + 2 * d * hidden) + d * num_classes
     no_decay = d + cfg.num_layers * (4 * d + 3 * d + d + hidden + d) + 2 * d + num_classes
+    no_decay += d if cfg.pool == "cls" else 0  # the CLS token
     pos = 0
     if cfg.pos_embed == "learned":
-        pos = num_tokens * d // (sp if cfg.shard_pos_embed else 1)
+        pos = num_tokens * d
+        if cfg.shard_pos_embed and sp > 1:
+            pos = TokenShards(num_tokens, sp, cfg.pool == "cls").shard * d
     return ParamCounts(decay, no_decay + pos, pos)
+
+
+def shards_of(model: ModelConfig, image_shape: tuple[int, ...], sp: int) -> TokenShards:
+    """How the images' tokens split over ``sp`` ranks under ``model`` (patch size, pooling)."""
+    h, w = image_shape[0], image_shape[1]
+    return TokenShards((h // model.patch_size) * (w // model.patch_size), sp, model.pool == "cls")
+
+
+def padding_share(model: ModelConfig, image_shape: tuple[int, ...], sp: int) -> float:
+    """The fraction of the token slots of an SP group that is padding: (P*S - N - cls) / (P*S). Of
+    every per-token exchange (the attention's all-to-alls and ring hops, a sharded table's gradient),
+    this is the share of the group's bytes that carries padding."""
+    shards = shards_of(model, image_shape, sp)
+    return shards.padding / shards.padded
+
+
+def padding_sent(traffic: dict[str, Traffic], model: ModelConfig, image_shape: tuple[int, ...], sp: int) -> float:
+    """Bytes of ``traffic`` (one rank's step, the SP group's average) that carry padded token slots."""
+    per_token = [*LAYER_CATEGORIES]
+    if model.pos_embed == "learned" and model.shard_pos_embed and sp > 1:
+        per_token.append(Category.PE_GRAD_REDUCE)
+    return padding_share(model, image_shape, sp) * sum(traffic[c].sent for c in per_token if c in traffic)
 
 
 def _ring_allreduce(n: float, w: int) -> float:
@@ -101,6 +131,7 @@ def step_traffic(
     p_, q, e = sp, dp, bytes_per_element
     world = p_ * q
     n = (h // model.patch_size) * (w // model.patch_size)
+    slots = shards_of(model, image_shape, p_).shard  # S: N / P when it divides
     d, layers = model.width, model.num_layers
     b = batch_size // q
     params = param_counts(model, model.patch_size**2 * c, num_classes, n, p_)
@@ -109,7 +140,7 @@ def step_traffic(
 
     if p_ > 1:
         recomputed = len(checkpointed_blocks(layers, activation_checkpointing, selective_every))
-        out.update(attention_traffic(b * n * d * e / p_, p_, ring, layers, recomputed))
+        out.update(attention_traffic(b * slots * d * e, p_, ring, layers, recomputed))
         pool = 2 * b * d * e
         out[Category.POOLING] = Traffic(2, pool, 2 * pool * (p_ - 1) / p_)
 
@@ -151,7 +182,8 @@ def step_traffic(
 
 def attention_traffic(shard: float, sp: int, ring: int, layers: int, recomputed: int) -> dict[str, Traffic]:
     """Attention's exchanges in a step of ``layers`` layers (forward and backward) of which ``recomputed``
-    re-run their forward in backward; ``shard`` = b * N * D * e / P, one [b, N/P, D] shard.
+    re-run their forward in backward; ``shard`` = b * S * D * e, one [b, S, D] shard (S = N/P when P
+    divides N).
 
     A Ulysses layer sends 4 all-to-alls of a shard forward and 4 backward; a ring layer R - 1 K/V hops
     of m = 2 * shard forward and 2R - 1 backward. A recomputed forward repeats the forward's: 4 more
@@ -182,12 +214,10 @@ def recompute_traffic(
     """The part of ``step_traffic`` sent in the recompute phase: checkpointed blocks' forward exchanges."""
     if sp == 1:
         return {}
-    h, w, _ = image_shape
-    n = (h // model.patch_size) * (w // model.patch_size)
     recomputed = len(checkpointed_blocks(model.num_layers, activation_checkpointing, selective_every))
     if not recomputed:
         return {}
-    shard = (batch_size // dp) * n * model.width * bytes_per_element / sp
+    shard = (batch_size // dp) * shards_of(model, image_shape, sp).shard * model.width * bytes_per_element
     return {k: v for k, v in attention_traffic(shard, sp, ring, 0, recomputed).items() if v.count}
 
 
@@ -248,7 +278,8 @@ def projection_table(
     activation_checkpointing: str = "none",
     selective_every: int = 2,
 ) -> str:
-    """Bytes each rank sends per step, by category, for each P and PE variant, with the PE's share.
+    """Bytes each rank sends per step, by category, for each P and PE variant, with the PE's share and
+    the padding's (the share of the step's bytes that carries padded token slots, ``padding_sent``).
 
     Also expressed in units of N*D*e (one image's activations), the unit of DESIGN.md's worked example.
     """
@@ -261,7 +292,10 @@ def projection_table(
         f"{bytes_per_element}-byte elements, activation checkpointing {activation_checkpointing}; "
         "per rank per step, bytes sent (and in units of N*D*e)"
     ]
-    lines.append(f"{'P':>4} {'variant':<16}{'attention_a2a':>22}{'PE traffic':>22}{'all other':>22}{'PE share':>10}")
+    lines.append(
+        f"{'P':>4} {'variant':<16}{'attention_a2a':>22}{'PE traffic':>22}{'all other':>22}{'PE share':>10}"
+        f"{'padding':>10}"
+    )
     common = _table_settings(
         image_shape,
         num_classes,
@@ -284,10 +318,23 @@ def projection_table(
             def cell(x: float) -> str:
                 return f"{x / 1e9:9.3f} GB ({x / unit:5.2f})" if x >= 1e8 else f"{x / 1e6:9.3f} MB ({x / unit:5.2f})"
 
+            padding = padding_sent(t, variant, image_shape, sp)
             lines.append(
                 f"{sp:>4} {name:<16}{cell(a2a):>22}{cell(pe):>22}{cell(rest):>22}{(pe / total if total else 0):>9.1%}"
+                f"{(padding / total if total else 0):>9.3%}"
             )
+    lines.append(_padding_note(model, image_shape, sps, "all bytes sent"))
     return "\n".join(lines)
+
+
+def _padding_note(model: ModelConfig, image_shape: tuple[int, ...], sps: list[int], of: str) -> str:
+    """What the padding column counts (a share ``of`` what), with each P's shard length."""
+    shards = [shards_of(model, image_shape, sp) for sp in sps]
+    each = ", ".join(f"P = {s.sp}: S = {s.shard}, {s.padding} padded" for s in shards if s.sp > 1)
+    return (
+        f"padding: the share of {of} that carries padded token slots (an image's {shards[0].length} "
+        f"tokens split into P shards of S slots; {each or 'none at P = 1'})"
+    )
 
 
 def scheme_name(sp: int, ring: int = 1) -> str:
@@ -320,8 +367,9 @@ def scheme_table(
 ) -> str:
     """Ulysses, ring and their hybrids side by side, per rank per step.
 
-    For each P, every (ulysses U, ring R) split pitdist can run (U divides the heads, P the tokens):
-    the bytes attention sends and the total each PE variant sends, also in units of N*D*e. Ulysses
+    For each P, every (ulysses U, ring R) split pitdist can run (U divides the heads): the bytes
+    attention sends (and the share of them that carries padded slots) and the total each PE variant
+    sends, also in units of N*D*e. Ulysses
     sends 8bND e (U-1)/(U P) per layer, falling with P; a ring sends (3R-2) 2bND e / P, which tends to
     6bND e: the ring costs more bytes than Ulysses at every P > 1 and buys the freedom to pass the
     head count, and its hops overlap the block computations.
@@ -340,7 +388,7 @@ def scheme_table(
         f"on {h}x{w} images (N={n} tokens), global batch {batch}, dp={dp}, ZeRO {zero_stage}, "
         f"{bytes_per_element}-byte elements, activation checkpointing {activation_checkpointing}; "
         "bytes sent per rank per step (in units of N*D*e)",
-        f"{'P':>4}  {'scheme':<22}{'attention':>22}{'vs fewest':>11}"
+        f"{'P':>4}  {'scheme':<22}{'attention':>22}{'vs fewest':>11}{'padding':>9}"
         + "".join(f"{'total ' + name:>24}" for name in variants),
     ]
     common = _table_settings(
@@ -355,10 +403,7 @@ def scheme_table(
         selective_every,
     )
     for sp in sps:
-        pairs = valid_factorisations(sp, model.num_heads, n)
-        if not pairs:
-            lines.append(f"{sp:>4}  P does not divide the {n} tokens: no scheme can split them evenly")
-            continue
+        pairs = valid_factorisations(sp, model.num_heads)
         rows = []
         for _, r in pairs:
             totals = []
@@ -367,13 +412,15 @@ def scheme_table(
                 totals.append(sum(v.sent for v in t.values()))
             rows.append((r, attention_sent(t), totals))
         fewest = min(attn for _, attn, _ in rows)
+        padding = padding_share(model, image_shape, sp)
         for r, attn, totals in rows:
             lines.append(
-                f"{sp:>4}  {scheme_name(sp, r):<22}{cell(attn):>22}{attn / fewest:10.2f}x"
+                f"{sp:>4}  {scheme_name(sp, r):<22}{cell(attn):>22}{attn / fewest:10.2f}x{padding:>9.3%}"
                 + "".join(f"{cell(x):>24}" for x in totals)
             )
         if all(r > 1 for r, _, _ in rows):
             lines.append(
                 f"{'':>4}  (Ulysses alone cannot run P = {sp}: it does not divide the {model.num_heads} heads)"
             )
+    lines.append(_padding_note(model, image_shape, sps, "the attention's bytes"))
     return "\n".join(lines)

@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pitdist.config import ModelConfig, checkpointed_blocks
+from pitdist.parallel_dims import TokenShards
 
 
 @dataclass(frozen=True)
@@ -93,15 +94,13 @@ def bytes_per_token(model: ModelConfig, channels: int, policy: str, sp: int = 1,
 def largest_square_side(
     model: ModelConfig, cap_bytes: float, channels: int, policy: str, sp: int = 1, ring: int = 1, max_side: int = 4096
 ) -> int | None:
-    """The largest square side (pixel tokens, patch size 1 or p) whose peak per rank stays under the cap
-    and whose token count divides over the P ranks."""
+    """The largest square side (pixel tokens, patch size 1 or p) whose peak per rank stays under the cap;
+    every rank holds S = ceil(tokens / P) slots, padded (pitdist.parallel_dims.TokenShards)."""
     p = model.patch_size
     best = None
     for side in range(p, max_side + 1, p):
-        n = (side // p) ** 2
-        if n % sp:
-            continue
-        if activation_memory(model, n // sp, channels, policy, sp, ring).peak > cap_bytes:
+        shards = TokenShards((side // p) ** 2, sp, model.pool == "cls")
+        if activation_memory(model, shards.shard, channels, policy, sp, ring).peak > cap_bytes:
             break
         best = side
     return best

@@ -44,12 +44,15 @@ class LocalBatches:
         patch_size: int,
         device: torch.device,
         dtype: torch.dtype,
+        cls: bool = False,
     ):
         self.data, self.schedule, self.mesh = data, schedule, mesh
         self.patch_size, self.device, self.dtype = patch_size, device, dtype
         h, w, _ = data.image_shape
         self.num_tokens = (h // patch_size) * (w // patch_size)
-        self.token_range = mesh.token_range(self.num_tokens)
+        # This rank's pixel tokens: a contiguous range, shorter than its slots on the rank that holds
+        # the CLS token or padding, empty on a rank of padding alone (pitdist.parallel_dims.TokenShards).
+        self.token_range = mesh.pixel_range(self.num_tokens, cls)
         self.positions = torch.arange(*self.token_range, device=device)
 
     @property
@@ -92,7 +95,7 @@ class StreamedBatches(LocalBatches):
         device: torch.device,
         dtype: torch.dtype,
     ):
-        super().__init__(data, None, mesh, cfg.model.patch_size, device, dtype)  # type: ignore[arg-type]
+        super().__init__(data, None, mesh, cfg.model.patch_size, device, dtype, cfg.model.pool == "cls")  # type: ignore[arg-type]
         self.shard, self.cfg = shard, cfg
         world = mesh.world_size
         self.per_worker = cfg.train.batch_size // world

@@ -67,12 +67,12 @@ def deepspeed_config(cfg: JobConfig, dtype: torch.dtype) -> dict[str, Any]:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases, norms and position tables (the usual ViT recipe)."""
+    """No weight decay on biases, norms, position tables and the CLS token (the usual ViT recipe)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 and "pos_embed" not in name else no_decay).append(p)
+        (decay if p.ndim >= 2 and "pos_embed" not in name and name != "cls_token" else no_decay).append(p)
     # Named: DeepSpeed's MoE grouping (used for a sharded position table) splits groups by name.
     return [
         {"name": "decay", "params": decay, "weight_decay": weight_decay},

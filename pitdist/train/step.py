@@ -37,8 +37,8 @@ def no_phases(name: str) -> AbstractContextManager:
 class Batch:
     """One step's input on this rank: its token slice of its DP group's images."""
 
-    tokens: torch.Tensor  # [b, N / P, features]: this SP rank's tokens of every image of the group
-    positions: torch.Tensor  # [N / P]: their global positions
+    tokens: torch.Tensor  # [b, n, features]: this SP rank's pixel tokens of every image of the group
+    positions: torch.Tensor  # [n]: their global positions (n <= S, the rank's slots; the model pads)
     labels: torch.Tensor  # [b]
     ids: np.ndarray | None = None  # the images' dataset ids (the data ledger), when known
 

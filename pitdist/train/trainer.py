@@ -134,7 +134,9 @@ def setup(
     engine = build_engine(model, cfg, mesh, dtype)
     if data_stream is None:
         schedule = BatchSchedule(len(train_data), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle)
-        batches = LocalBatches(train_data, schedule, mesh, cfg.model.patch_size, device, dtype)
+        batches = LocalBatches(
+            train_data, schedule, mesh, cfg.model.patch_size, device, dtype, cls=cfg.model.pool == "cls"
+        )
     else:
         shard, num_rows = data_stream
         batches = StreamedBatches(shard, num_rows, train_data, cfg, mesh, device, dtype)

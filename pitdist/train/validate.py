@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from pitdist.config import JobConfig
+from pitdist.config import ConfigError, JobConfig
 from pitdist.data.registry import split_dataset
 from pitdist.parallel_dims import ParallelDims
 from pitdist.train.checkpoint import check_resume
 
 
 def validate_mesh(cfg: JobConfig, image_shape: tuple[int, int, int], world_size: int | None = None) -> None:
-    """MeshError (naming what would work) when the DP x SP layout cannot run this model on these images."""
+    """MeshError (naming what would work) when the DP x SP layout cannot run this model; any image can
+    (its token shards are padded), given whole patches (ConfigError otherwise)."""
     h, w, _ = image_shape
-    tokens = (h // cfg.model.patch_size) * (w // cfg.model.patch_size)
-    ParallelDims.from_config(cfg.parallel).validate(heads=cfg.model.num_heads, num_tokens=tokens, world_size=world_size)
+    p = cfg.model.patch_size
+    if h % p or w % p:
+        raise ConfigError(
+            f"model.patch_size: {p} does not divide the dataset's {h}x{w} images; choose a patch size that "
+            f"divides both {h} and {w}"
+        )
+    ParallelDims.from_config(cfg.parallel).validate(heads=cfg.model.num_heads, world_size=world_size)
 
 
 def validate_job(cfg: JobConfig) -> None:

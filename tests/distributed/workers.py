@@ -23,7 +23,16 @@ IMAGE = (8, 8, 1)  # 64 pixel tokens: divisible by P = 1, 2, 4
 CLASSES = 10
 
 
-def sp_test_config(pos_embed: str, shard: bool, dp: int, sp: int, zero: int = 0, grad_clip: float = 0.0, ring: int = 1):
+def sp_test_config(
+    pos_embed: str,
+    shard: bool,
+    dp: int,
+    sp: int,
+    zero: int = 0,
+    grad_clip: float = 0.0,
+    ring: int = 1,
+    model: tuple[str, ...] = (),
+):
     return load_config(
         None,
         [
@@ -45,62 +54,113 @@ def sp_test_config(pos_embed: str, shard: bool, dp: int, sp: int, zero: int = 0,
             str(grad_clip),
             "--train.batch_size",
             "4",
+            *model,
         ],
     )
 
 
 def one_step_versus_single_device(
-    rank: int, dp: int, sp: int, variants: list[tuple[str, bool]], ring: int = 1
+    rank: int,
+    dp: int,
+    sp: int,
+    variants: list[tuple[str, bool]],
+    ring: int = 1,
+    image: tuple[int, int, int] = IMAGE,
+    model: tuple[str, ...] = (),
+    pools: tuple[str, ...] = ("mean",),
+    exact: bool = False,
 ) -> list[dict]:
     """Forward + backward of one batch through the DeepSpeed engine on a DP x SP mesh (SP = Ulysses
-    sp / ring x ring attention over ``ring`` ranks).
+    sp / ring x ring attention over ``ring`` ranks), for images of shape ``image`` (any token count:
+    the shards are padded) and ``model`` overrides, with each pooling of ``pools``.
 
-    Returns, per PE variant, the largest relative differences of logits, loss and every parameter
-    gradient from the plain model run on the whole global batch in this very process.
+    ``exact``: both models in float64, the distributed one without an engine (DeepSpeed reduces no
+    float64 gradient): its gradients summed over the SP group by hand, which is what the engine's
+    reduction is at Q = 1 and ZeRO 0 (a sharded table's rows are not reduced over SP). fp32 rounding
+    of sums over hundreds of tokens, taken in another order on P ranks, reaches 1e-5 with no error at
+    all; in float64 a difference above 1e-5 can only be the algorithm's.
+
+    Returns, per PE variant and pool, the largest relative differences of logits, loss and every
+    parameter gradient from the plain model run on the whole global batch in this very process.
     """
     mesh = Mesh(ParallelDims(dp, sp, ring))
     gen = torch.Generator().manual_seed(1234)
-    pixels = torch.randint(0, 256, (dp * 2, *IMAGE), dtype=torch.uint8, generator=gen)  # 2 images per DP group
+    pixels = torch.randint(0, 256, (dp * 2, *image), dtype=torch.uint8, generator=gen)  # 2 images per DP group
     labels = torch.randint(0, CLASSES, (dp * 2,), generator=gen)
     report = []
-    for pos_embed, shard in variants:
-        cfg = sp_test_config(pos_embed, shard, dp, sp, ring=ring)
-        torch.manual_seed(0)
-        reference = build_model(cfg.model, IMAGE, CLASSES)
-        model = parallelize(copy.deepcopy(reference), mesh, cfg.model)
-        engine = build_engine(model, cfg, mesh, torch.float32)
-
-        ref_logits = reference.forward_images(pixels)
-        F.cross_entropy(ref_logits, labels).backward()
-        ref_grads = {n: p.grad for n, p in reference.named_parameters()}
-
-        mine = slice(mesh.dp_rank * 2, mesh.dp_rank * 2 + 2)
-        lo, hi = mesh.token_range(64)
-        batch = Batch(pixels_to_tokens(pixels[mine], 1, (lo, hi)), torch.arange(lo, hi), labels[mine])
-        record = forward_backward(engine, batch, sp)  # ZeRO 0: the engine all-reduces gradients in its backward
-        logits, loss = record.logits, record.loss
-
-        def rel(a, b):
-            return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
-
-        diffs = {
-            "logits": rel(logits, ref_logits[mine].detach()),
-            "loss": rel(loss, F.cross_entropy(ref_logits[mine], labels[mine]).detach()),
-        }
-        for name, p in engine.module.named_parameters():
-            if is_sharded(p):  # this rank's rows of the table
-                name, expected = "pos_embed.weight", ref_grads["pos_embed.weight"][lo:hi]
-                assert p.shape == expected.shape, (p.shape, expected.shape)
-            else:
-                expected = ref_grads[name]
-            diffs[f"grad {name}"] = rel(p.grad, expected)
-        full = consolidated_state_dict(engine.module, mesh)
-        diffs["consolidated state"] = max(
-            rel(full[k], v) if v.abs().max() > 0 else float((full[k] - v).abs().max())
-            for k, v in reference.state_dict().items()
-        )
-        report.append({"variant": f"{pos_embed}{' sharded' if shard else ''}", "diffs": diffs})
+    for pool in pools:
+        for pos_embed, shard in variants:
+            cfg = sp_test_config(pos_embed, shard, dp, sp, ring=ring, model=(*model, "--model.pool", pool))
+            diffs = _one_step_diffs(cfg, mesh, image, pixels, labels, exact)
+            report.append({"variant": f"{pos_embed}{' sharded' if shard else ''}", "pool": pool, "diffs": diffs})
     return report
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+class _SummedOverSP:
+    """The engine's two calls that forward_backward makes, for a float64 model at Q = 1: backward,
+    then every replicated gradient summed over the SP group (a sharded table's rows stay local). A
+    parameter this rank did not use (the CLS token, on every rank but its owner) contributes zeros,
+    as in the engine."""
+
+    def __init__(self, model, mesh: Mesh):
+        self.module, self.mesh = model, mesh
+
+    def __call__(self, *inputs):
+        return self.module(*inputs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        from pitdist.distributed import comm
+
+        loss.backward()
+        for p in self.module.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            if not is_sharded(p):
+                comm.all_reduce_(p.grad, self.mesh.sp_group, category="test")
+
+
+def _one_step_diffs(cfg, mesh: Mesh, image, pixels, labels, exact: bool = False) -> dict[str, float]:
+    dtype = torch.float64 if exact else torch.float32
+    torch.manual_seed(0)
+    reference = build_model(cfg.model, image, CLASSES).to(dtype)
+    model = parallelize(copy.deepcopy(reference), mesh, cfg.model)
+    engine = _SummedOverSP(model, mesh) if exact else build_engine(model, cfg, mesh, torch.float32)
+
+    ref_logits = reference(pixels_to_tokens(pixels, cfg.model.patch_size).to(dtype))
+    F.cross_entropy(ref_logits, labels).backward()
+    ref_grads = {n: p.grad for n, p in reference.named_parameters()}
+
+    mine = slice(mesh.dp_rank * 2, mesh.dp_rank * 2 + 2)
+    shards = mesh.token_shards(reference.num_tokens, cls=cfg.model.pool == "cls")
+    lo, hi = shards.pixels(mesh.sp_rank)
+    tokens = pixels_to_tokens(pixels[mine], cfg.model.patch_size, (lo, hi)).to(dtype)
+    batch = Batch(tokens, torch.arange(lo, hi), labels[mine])
+    record = forward_backward(engine, batch, mesh.sp)  # ZeRO 0: the engine all-reduces gradients in its backward
+
+    diffs = {
+        "logits": _rel(record.logits, ref_logits[mine].detach()),
+        "loss": _rel(record.loss, F.cross_entropy(ref_logits[mine], labels[mine]).detach()),
+    }
+    for name, p in engine.module.named_parameters():
+        if is_sharded(p):  # this rank's S rows of the table padded to P * S rows (the padding rows: zero)
+            grad = ref_grads["pos_embed.weight"]
+            padded = F.pad(grad, (0, 0, 0, shards.padded - grad.shape[0]))
+            name, expected = "pos_embed.weight", padded[mesh.sp_rank * shards.shard :][: shards.shard]
+            assert p.shape == expected.shape, (p.shape, expected.shape)
+        else:
+            expected = ref_grads[name]
+        diffs[f"grad {name}"] = _rel(p.grad, expected)
+    full = consolidated_state_dict(engine.module, mesh)
+    assert full.keys() == reference.state_dict().keys()
+    diffs["consolidated state"] = max(
+        _rel(full[k], v) if v.abs().max() > 0 else float((full[k] - v).abs().max())
+        for k, v in reference.state_dict().items()
+    )
+    return diffs
 
 
 def loss_curve(rank: int, overrides: list[str], out_dir: str) -> list[float]:
@@ -193,7 +253,7 @@ def checkpointing_versus_none(rank: int, dp: int, sp: int, ring: int, variants: 
     pixels = torch.randint(0, 256, (dp * 2, *IMAGE), dtype=torch.uint8, generator=gen)
     labels = torch.randint(0, CLASSES, (dp * 2,), generator=gen)
     mine = slice(mesh.dp_rank * 2, mesh.dp_rank * 2 + 2)
-    lo, hi = mesh.token_range(64)
+    lo, hi = mesh.pixel_range(64)
     batch = Batch(pixels_to_tokens(pixels[mine], 1, (lo, hi)), torch.arange(lo, hi), labels[mine])
     report = []
     for pos_embed, shard in variants:
@@ -218,13 +278,10 @@ def checkpointing_versus_none(rank: int, dp: int, sp: int, ring: int, variants: 
                 "model_held": activation_memory(cfg.model, hi - lo, IMAGE[2], policy, sp, ring, images=2).held,
             }
 
-        def rel(a, b):
-            return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
-
         plain = results["none"]
         for policy, r in results.items():
-            diffs = {"logits": rel(r["logits"], plain["logits"]), "loss": rel(r["loss"], plain["loss"])}
-            diffs.update({f"grad {n}": rel(g, plain["grads"][n]) for n, g in r["grads"].items()})
+            diffs = {"logits": _rel(r["logits"], plain["logits"]), "loss": _rel(r["loss"], plain["loss"])}
+            diffs.update({f"grad {n}": _rel(g, plain["grads"][n]) for n, g in r["grads"].items()})
             report.append(
                 {
                     "variant": f"{pos_embed}{' sharded' if shard else ''}",
@@ -235,3 +292,55 @@ def checkpointing_versus_none(rank: int, dp: int, sp: int, ring: int, variants: 
                 }
             )
     return report
+
+
+def _padded_model_and_batch(mesh: Mesh, image, overrides: tuple[str, ...], pixels: torch.Tensor):
+    """The parallelized model for ``image`` and this rank's batch of ``pixels`` (positions included)."""
+    cfg = sp_test_config("none", False, mesh.dp, mesh.sp, ring=mesh.ring, model=overrides)
+    torch.manual_seed(0)
+    model = parallelize(build_model(cfg.model, image, CLASSES), mesh, cfg.model)
+    lo, hi = mesh.pixel_range(model.num_tokens, cls=cfg.model.pool == "cls")
+    return model, Batch(pixels_to_tokens(pixels, 1, (lo, hi)), torch.arange(lo, hi), torch.zeros(len(pixels)))
+
+
+def logits_under_permutation(rank: int, sp: int, ring: int, image, overrides: tuple[str, ...]) -> dict:
+    """Logits of a batch and of the same batch with its pixels permuted, on a (padded) SP mesh, for a
+    PiT without position embedding; and the plain model's logits for the batch."""
+    mesh = Mesh(ParallelDims(1, sp, ring))
+    gen = torch.Generator().manual_seed(7)
+    h, w, c = image
+    pixels = torch.randint(0, 256, (2, h, w, c), dtype=torch.uint8, generator=gen)
+    perm = torch.randperm(h * w, generator=gen)
+    permuted = pixels.reshape(2, h * w, c)[:, perm].reshape(2, h, w, c)
+    model, batch = _padded_model_and_batch(mesh, image, overrides, pixels)
+    _, moved = _padded_model_and_batch(mesh, image, overrides, permuted)
+    cfg = sp_test_config("none", False, 1, 1, model=overrides)
+    torch.manual_seed(0)
+    plain = build_model(cfg.model, image, CLASSES)
+    with torch.no_grad():  # lists: tensors would travel back through shared memory the rank frees
+        return {
+            "original": model(batch.tokens, batch.positions).tolist(),
+            "permuted": model(moved.tokens, moved.positions).tolist(),
+            "plain": plain.forward_images(pixels).tolist(),
+        }
+
+
+def saved_bytes_padded_versus_divisible(
+    rank: int, sp: int, ring: int, padded, divisible, overrides: tuple[str, ...]
+) -> dict[str, int]:
+    """The activation bytes autograd saves in a forward on this rank, for images of shape ``padded``
+    (whose tokens P does not divide) and ``divisible`` (whose tokens it does), on the same mesh."""
+    from pitdist.bench.sp.memory import SavedTensorCounter, counting
+
+    mesh = Mesh(ParallelDims(1, sp, ring))
+    out = {}
+    for name, image in (("padded", padded), ("divisible", divisible)):
+        pixels = torch.randint(0, 256, (2, *image), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+        model, batch = _padded_model_and_batch(mesh, image, overrides, pixels)
+        counter = SavedTensorCounter(model.parameters())
+        with counting(counter):
+            logits = model(batch.tokens, batch.positions)
+        logits.sum().backward()  # the graph is sound: its backward runs
+        out[name] = counter.summary()["saved_bytes"]
+        out[f"{name} slots"] = mesh.token_shards(model.num_tokens, cls=model.cls_token is not None).shard
+    return out

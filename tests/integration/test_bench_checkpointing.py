@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-TINY = ("bench", "checkpointing", "--model.dim", "64", "--model.depth", "4", "--sp", "1,2", "--side", "16")
+MODEL = ("bench", "checkpointing", "--model.dim", "64", "--model.depth", "4")
+TINY = (*MODEL, "--sp", "1,2", "--side", "16")
 
 
 @pytest.mark.slow
@@ -40,9 +41,28 @@ def test_tiny_bench_measures_what_each_policy_keeps_resends_and_fits(pitdist_cli
     assert "Largest square image under" in proc.stdout
 
 
-def test_a_policy_list_without_the_baseline_is_refused(pitdist_cli, tmp_path):
+@pytest.mark.slow
+def test_a_rectangle_whose_tokens_p_does_not_divide_is_measured_padded_as_modelled(pitdist_cli, tmp_path):
+    # 5x3 = 15 tokens on P = 2: each rank's blocks run on S = 8 slots, one of them padding.
+    out = tmp_path / "ck.json"
+    args = ("--sp", "2", "--side", "5x3", "--policies", "none,full", "--parts", "compare", "--steps", "1")
+    pitdist_cli(*MODEL, *args, "--warmup", "0", "--out", str(out), timeout=600, check=True)
+    report = json.loads(out.read_text())
+    assert (report["side"], report["height"], report["width"]) == (None, 5, 3)
+    for r in report["compare"]:
+        assert (r["height"], r["width"], r["tokens"], r["tokens_per_rank"]) == (5, 3, 15, 8)
+        assert r["held_bytes"] == pytest.approx(r["model_held_bytes"], rel=0.10), r["policy"]
+        assert r["recompute_bytes"] == pytest.approx(r["model_recompute_bytes"], rel=0.10, abs=1), r["policy"]
+
+
+def test_options_that_cannot_run_are_refused_before_any_rank_starts(pitdist_cli, tmp_path):
     proc = pitdist_cli(*TINY, "--policies", "full,local", "--out", str(tmp_path / "x.json"), timeout=120)
     assert proc.returncode == 2 and "--policies: must include none" in proc.stderr
     assert not (tmp_path / "x.json").exists()
     proc = pitdist_cli(*TINY, "--policies", "ful", "--out", str(tmp_path / "x.json"), timeout=120)
     assert proc.returncode == 2 and "choose from none,full,selective,local" in proc.stderr
+    proc = pitdist_cli(*TINY, "--confirm", "1:full:30x", "--out", str(tmp_path / "x.json"), timeout=120)
+    assert proc.returncode == 2 and "write P:POLICY:SIZE" in proc.stderr
+    proc = pitdist_cli(*TINY, "--model.patch_size", "2", "--probe-side", "6x5", "--out", str(tmp_path / "x.json"))
+    assert proc.returncode == 2 and "--probe-side 6x5: not divisible by model.patch_size = 2" in proc.stderr
+    assert not (tmp_path / "x.json").exists()

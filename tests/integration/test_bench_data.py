@@ -48,7 +48,45 @@ def test_tiny_bench_data_writes_json(pitdist_cli, tmp_path):
     assert not list(tmp_path.glob("tmp*"))  # the datasets were removed
 
 
-def test_bad_option_exits_2(pitdist_cli, tmp_path):
-    proc = pitdist_cli("bench", "data", "--sizes", "7x7x1", "--sp", "2", "--out", str(tmp_path / "b.json"))
-    assert proc.returncode == 2 and "--sp 2 does not divide the 49 tokens" in proc.stderr
+@pytest.mark.slow
+def test_a_token_count_p_does_not_divide_is_fed_in_padded_shards(pitdist_cli, tmp_path):
+    # 7x7 = 49 tokens on P = 2 used to be refused; rank 0 now holds S = 25 of them (rank 1 the other 24).
+    out = tmp_path / "bench.json"
+    pitdist_cli(
+        *("bench", "data", "--sizes", "7x7x1", "--sp", "2", "--no-ray", "--rows", "256", "--fashion-mnist", ""),
+        *("--batch-size", "64", "--train-steps", "1", "--train-batch", "2", "--model.depth", "1"),
+        *("--work-dir", str(tmp_path), "--out", str(out)),
+        timeout=300,
+        check=True,
+    )
+    (row,) = json.loads(out.read_text())["sizes"]
+    loc = row["local"]
+    assert row["shape"] == [7, 7, 1] and "ray" not in row
+    assert loc["tokens_per_image_per_rank"] == 25 and loc["images"] == 256
+    assert loc["tokens_per_s"] == pytest.approx(loc["images_per_s"] * 25)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--sizes", "7x7x1", "--sp", "0"), "--sp, --train-steps and --train-batch must be >= 1"),
+        (
+            (
+                "--sizes",
+                "7x0x1",
+            ),
+            "'7x0x1': sides and channels must be >= 1",
+        ),
+        (
+            (
+                "--sizes",
+                "7x7",
+            ),
+            "expected HxWxC such as 224x224x3",
+        ),
+    ],
+)
+def test_bad_option_exits_2(pitdist_cli, tmp_path, args, message):
+    proc = pitdist_cli("bench", "data", *args, "--out", str(tmp_path / "b.json"))
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not (tmp_path / "b.json").exists()

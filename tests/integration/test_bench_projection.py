@@ -48,6 +48,31 @@ def test_projection_writes_json_and_plot_and_matches_the_comm_model(pitdist_cli,
     assert "ulysses 4" in proc.stdout and "Peak activations one image keeps" in proc.stdout
 
 
+def test_an_image_of_any_token_count_projects_on_every_p_and_sizes_may_be_rectangles(pitdist_cli, tmp_path):
+    # 7x5 = 35 tokens: no P > 1 divides them, so P = 1 was all there was; now P = 2, 4, 8 pad.
+    out = tmp_path / "proj.json"
+    args = ("--image", "7x5x3", "--gpus", "8", "--sizes", "base", "--mem-sides", "30x20,7")
+    proc = pitdist_cli("bench", "projection", *args, "--out", str(out), timeout=120, check=True)
+    report = json.loads(out.read_text())
+    assert {r["sp"] for r in report["traffic"]} == {1, 2, 4, 8} and {r["tokens"] for r in report["traffic"]} == {35}
+    mem = {(r["side"], r["height"], r["width"], r["tokens"]) for r in report["memory"]}
+    assert mem == {(None, 30, 20, 600), (7, 7, 7, 49)}
+    assert "7x5x3 (35 tokens)" in proc.stdout and "30x20" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--mem-sides", "224,30x"), "'30x': write SIDE or HxW"),
+        (("--image", "7x0x3"), "sides and channels must be >= 1"),
+    ],
+)
+def test_bad_sizes_are_refused(pitdist_cli, tmp_path, args, message):
+    proc = pitdist_cli("bench", "projection", *args, "--out", str(tmp_path / "p.json"), timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "p.json").exists()
+
+
 def test_unknown_model_size_is_refused(pitdist_cli, tmp_path):
     proc = pitdist_cli("bench", "projection", "--sizes", "huge", "--out", str(tmp_path / "p.json"), timeout=60)
     assert proc.returncode == 2 and "choose from tiny,small,base" in proc.stderr

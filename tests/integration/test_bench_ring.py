@@ -4,13 +4,9 @@ import json
 
 import pytest
 
+MODEL = ("bench", "ring", "--model.dim", "64", "--model.depth", "2")
 TINY = (
-    "bench",
-    "ring",
-    "--model.dim",
-    "64",
-    "--model.depth",
-    "2",
+    *MODEL,
     "--sp",
     "2,4",
     "--side",
@@ -61,8 +57,41 @@ def test_tiny_bench_writes_json_and_plot_with_every_scheme_measured_as_modelled(
     assert "Projected (analytical model)" in proc.stdout and "ulysses 2 x ring 2" in proc.stdout
 
 
-def test_a_mesh_that_cannot_split_the_image_is_refused_before_any_rank_starts(pitdist_cli, tmp_path):
+@pytest.mark.slow
+def test_a_p_dividing_neither_heads_nor_tokens_runs_as_a_padded_ring_on_a_rectangle(pitdist_cli, tmp_path):
+    # P = 3 used to be refused (3 divides neither the 4 heads nor 64 tokens). Now it runs as a ring of 3
+    # (no Ulysses factor divides the heads); the 5x4 image's 20 tokens take S = 7 slots per rank.
     out = tmp_path / "ring.json"
-    proc = pitdist_cli("bench", "ring", "--sp", "3", "--side", "8", "--out", str(out), timeout=120)
-    assert proc.returncode == 2 and "parallel.sp = 3 does not divide the model's 4 attention heads" in proc.stderr
+    proc = pitdist_cli(
+        *MODEL,
+        *("--sp", "3", "--side", "5x4", "--warmup", "0", "--steps", "1"),
+        *("--project-sides", "224x112", "--project-sp", "4"),
+        "--out",
+        str(out),
+        timeout=300,
+        check=True,
+    )
+    report = json.loads(out.read_text())
+    assert (report["side"], report["height"], report["width"], report["tokens"]) == (None, 5, 4, 20)
+    (row,) = report["rows"]
+    assert (row["sp"], row["ulysses"], row["ring"]) == (3, 1, 3) and row["step_s"] > 0
+    assert row["attention_sent_bytes"] > 0 and "attention_a2a" not in row["by_category_rank0"]
+    assert len(set(row["sent_bytes_per_rank"])) == 1  # every rank sends its S slots, padded or not
+    proj = report["projection"]
+    assert {(r["side"], r["height"], r["width"], r["tokens"]) for r in proj} == {(None, 224, 112, 224 * 112)}
+    assert "5x4x1 images (20 tokens)" in proc.stdout and "224x112" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--model.patch_size", "3", "--side", "8x6"), "--side 8x6: not divisible by model.patch_size = 3"),
+        (("--side", "8x"), "'8x': write SIDE or HxW"),
+        (("--project-sides", "224,0x5"), "'0x5': the height and width must be >= 1"),
+    ],
+)
+def test_what_still_cannot_run_is_refused_before_any_rank_starts(pitdist_cli, tmp_path, args, message):
+    out = tmp_path / "ring.json"
+    proc = pitdist_cli("bench", "ring", "--sp", "3", *args, "--out", str(out), timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not out.exists()

@@ -47,3 +47,26 @@ def test_warmup_must_leave_timed_steps(pitdist_cli, tmp_path):
         "bench", "steptime", "--steps", "2", "--warmup", "2", "--out", str(tmp_path / "s.json"), timeout=60
     )
     assert proc.returncode == 2 and "need 0 <= warmup < steps" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_rectangle_whose_tokens_p_does_not_divide_trains_padded(pitdist_cli, tmp_path):
+    # 7x5 = 35 tokens on P = 2 (S = 18 slots per rank, one padded; 36 with the CLS token, none padded).
+    out = tmp_path / "st.json"
+    for pool in ("mean", "cls"):
+        pitdist_cli(
+            *("bench", "steptime", "--sp", "2", "--dataset", "synthetic:7x5x1:64", "--steps", "2", "--warmup", "1"),
+            *("--model.depth", "1", "--model.pool", pool, "--out", str(out)),
+            timeout=300,
+            check=True,
+        )
+        (row,) = json.loads(out.read_text())["rows"]
+        assert row["sp"] == 2 and row["mean"]["all_to_all"] > 0 and len(row["per_rank"]) == 2
+
+
+def test_a_p_that_does_not_divide_the_heads_is_refused(pitdist_cli, tmp_path):
+    proc = pitdist_cli("bench", "steptime", "--sp", "1,3", "--out", str(tmp_path / "s.json"), timeout=60)
+    assert (
+        proc.returncode == 2 and "--sp 3: parallel.sp = 3 does not divide the model's 4 attention heads" in proc.stderr
+    )
+    assert not (tmp_path / "s.json").exists()

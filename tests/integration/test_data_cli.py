@@ -1,5 +1,6 @@
 """`pitdist data convert | inspect` and `pitdist train --data.dataset DIR`, as a user runs them."""
 
+import gzip
 import json
 import signal
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pitdist.data.arrow import DataError
@@ -34,7 +36,7 @@ def digits_dir(tmp_path_factory):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert f"wrote {out}: 1797 images of 8x8x1, 10 classes" in proc.stdout
+    assert f"wrote {out}: 1797 images of 8x8x1 (HxWxC), 10 classes" in proc.stdout
     assert "1797/1797" in proc.stderr  # the tqdm progress bar
     return out
 
@@ -43,11 +45,34 @@ def test_inspect_prints_schema_counts_histogram_and_writes_a_grid(pitdist_cli, d
     grid = tmp_path / "grid.png"
     proc = pitdist_cli("data", "inspect", str(digits_dir), "--grid", str(grid), "--count", "12", check=True)
     out = proc.stdout
-    assert "1797 images of 8x8x1 uint8, 10 classes, 3 shards (checksums verified)" in out
+    assert "1797 images of 8x8x1 (HxWxC) uint8, 10 classes, 3 shards (checksums verified)" in out
     assert "pixels: fixed_size_binary[64]" in out and "pitdist.class_names=" in out
     assert "shard-00002.arrow: 597 rows" in out
     assert "      0 0      178 " in out  # label histogram: 178 zeros in sklearn's digits
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and grid.stat().st_size > 2000
+
+
+def test_rectangular_images_convert_and_inspect_as_h_x_w_x_c(pitdist_cli, tmp_path):
+    """30 rows x 20 columns from an idx source: printed 30x20x1 (HxWxC), never 20x30."""
+    src = tmp_path / "idx"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for name, array in (
+        ("train-images-idx3-ubyte.gz", rng.integers(0, 256, (15, 30, 20), np.uint8)),
+        ("train-labels-idx1-ubyte.gz", rng.integers(0, 3, 15).astype(np.uint8)),
+    ):
+        header = (2051 if array.ndim == 3 else 2049).to_bytes(4, "big")
+        header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+        with gzip.open(src / name, "wb") as f:
+            f.write(header + array.tobytes())
+    out, grid = tmp_path / "rect", tmp_path / "rect.png"
+    proc = pitdist_cli("data", "convert", "idx", str(src), "--out", str(out), "--rows-per-shard", "8", check=True)
+    assert f"wrote {out}: 15 images of 30x20x1 (HxWxC), 3 classes" in proc.stdout
+    out_text = pitdist_cli("data", "inspect", str(out), "--grid", str(grid), check=True).stdout
+    assert "15 images of 30x20x1 (HxWxC) uint8, 3 classes, 2 shards (checksums verified)" in out_text
+    assert "pixels: fixed_size_binary[600]" in out_text
+    assert "pitdist.height=30, pitdist.width=20, pitdist.channels=1" in out_text
+    assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_convert_refuses_a_missing_source_and_an_existing_output(pitdist_cli, digits_dir, tmp_path):

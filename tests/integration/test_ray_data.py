@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pitdist.data.arrow import DataError
-from pitdist.data.convert import convert, make_source
+from pitdist.data.convert import Source, convert, make_source
 from pitdist.data.registry import load_dataset
 
 pytestmark = pytest.mark.slow
@@ -42,6 +42,26 @@ def test_ray_batches_equal_the_local_dataset_in_order(ray_local, tmp_path):
     local = load_dataset(str(root))
     assert np.array_equal(ids, local.ids)  # preserve_order: shard order, row order
     assert np.array_equal(labels, local.labels) and np.array_equal(pixels, np.asarray(local.pixels))
+
+
+def test_ray_batches_of_rectangular_images_are_b_h_w_c(ray_local, tmp_path):
+    """30x20x1 from shards and 5x7x3 from memory (training_rows' two paths): H and W never swap."""
+    from pitdist.data.ray_reader import iter_pixel_batches, ray_dataset, training_rows
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (50, 30, 20, 1), np.uint8)
+    source = Source((30, 20, 1), ["a", "b"], 50, lambda: iter([(np.arange(50) % 2, pixels)]), "random 30x20x1")
+    root = convert(source, tmp_path / "rect", rows_per_shard=16, progress=False)
+    ds, shape, _ = ray_dataset(root)
+    assert shape == (30, 20, 1)
+    batches = list(iter_pixel_batches(ds, shape, 16))
+    assert [p.shape for p, _, _ in batches] == [(16, 30, 20, 1)] * 3 + [(2, 30, 20, 1)]
+    assert np.array_equal(np.concatenate([p for p, _, _ in batches]), pixels)
+
+    train = load_dataset("synthetic:5x7x3:20")
+    rows, n = training_rows(train, "synthetic:5x7x3:20")
+    got = np.concatenate([p for p, _, _ in iter_pixel_batches(rows, train.image_shape, 8)])
+    assert n == 20 and got.shape == (20, 5, 7, 3) and np.array_equal(got, train.pixels)
 
 
 def test_ray_reader_validates_before_reading(ray_local, tmp_path):

@@ -64,14 +64,14 @@ def test_bad_config_exits_2_and_writes_nothing(pitdist_cli, tmp_path):
             "whole heads); valid sp for this model and image: [1, 2, 4]",
         ),
         (
-            ["--sp", "8", "--model.heads", "8", "--model.patch_size", "4"],
-            "parallel.sp = 8 does not divide the 4 tokens of an image (DeepSpeed Ulysses would silently compute "
-            "wrong attention, DeepSpeed issue 7384); valid sp: [1, 2, 4]",
+            ["--model.patch_size", "3"],
+            "model.patch_size: 3 does not divide the dataset's 8x8 images; choose a patch size that divides "
+            "both 8 and 8",
         ),
         (["--sp", "2", "--launcher", "single"], "parallel.launcher: 'single' runs one process but dp * sp = 2"),
         (["--resume", "/nonexistent/checkpoints"], "train.resume: /nonexistent/checkpoints holds no checkpoint"),
     ],
-    ids=["heads", "tokens", "world", "resume"],
+    ids=["heads", "patch", "world", "resume"],
 )
 def test_a_setup_that_cannot_work_is_refused_before_any_process_starts(pitdist_cli, tmp_path, args, message):
     out = tmp_path / "runs"

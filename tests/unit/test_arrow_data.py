@@ -148,7 +148,7 @@ def test_save_to_disk_round_trip_with_image_and_array_columns(tmp_path):
 def _rank_view(data, schedule, dims: ParallelDims, rank: int, steps: range):
     """What LocalBatches gives ``rank``: its DP group's ids per step and its own tokens."""
     dp_rank, sp_rank = dims.coords(rank)
-    lo_hi = dims.token_range(sp_rank, 64)
+    lo_hi = dims.shards(64).pixels(sp_rank)
     ids, tokens = [], []
     for step in steps:
         index = schedule.dp_indices(step, dp_rank, dims.dp)

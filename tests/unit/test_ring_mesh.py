@@ -49,19 +49,18 @@ def test_inconsistent_keys_are_refused(overrides, message):
 
 
 def test_valid_factorisations_put_whole_heads_on_ulysses_ranks():
-    assert valid_factorisations(6, heads=3, num_tokens=36) == [(3, 2), (1, 6)]
-    assert valid_factorisations(4, heads=4, num_tokens=64) == [(4, 1), (2, 2), (1, 4)]
-    assert valid_factorisations(64, heads=12, num_tokens=224 * 224) == [(4, 16), (2, 32), (1, 64)]
-    assert valid_factorisations(6, heads=3, num_tokens=64) == []  # 64 tokens do not split 6 ways
+    assert valid_factorisations(6, heads=3) == [(3, 2), (1, 6)]
+    assert valid_factorisations(4, heads=4) == [(4, 1), (2, 2), (1, 4)]
+    assert valid_factorisations(64, heads=12) == [(4, 16), (2, 32), (1, 64)]
 
 
 def test_sp_beyond_the_heads_names_the_hybrids_that_would_work():
     with pytest.raises(MeshError) as info:
-        ParallelDims(1, 6).validate(heads=3, num_tokens=36)
+        ParallelDims(1, 6).validate(heads=3)
     assert "parallel.sp = 6 does not divide the model's 3 attention heads" in str(info.value)
     assert "valid (ulysses, ring) for sp = 6: [(3, 2), (1, 6)] (set parallel.ring)" in str(info.value)
-    ParallelDims(1, 6, 2).validate(heads=3, num_tokens=36)  # the fix it names works
-    ParallelDims(1, 6, 6).validate(heads=3, num_tokens=36)
+    ParallelDims(1, 6, 2).validate(heads=3)  # the fix it names works
+    ParallelDims(1, 6, 6).validate(heads=3)
 
 
 @pytest.mark.parametrize(
@@ -76,15 +75,22 @@ def test_sp_beyond_the_heads_names_the_hybrids_that_would_work():
         (
             ParallelDims(1, 8, 3),
             "parallel.ring = 3 does not divide parallel.sp = 8 (sp = ulysses x ring); valid "
-            "(ulysses, ring) for sp = 8 and this model and image: [(2, 4), (1, 8)]",
+            "(ulysses, ring) for sp = 8 and this model: [(2, 4), (1, 8)]",
         ),
-        (ParallelDims(1, 5, 5), "parallel.sp = 5 does not divide the 64 tokens of an image"),
+        (ParallelDims(1, 4), "parallel.sp = 4 does not divide the model's 6 attention heads"),
     ],
 )
 def test_invalid_factorisations_are_refused_with_the_valid_ones(dims, message):
     with pytest.raises(MeshError) as info:
-        dims.validate(heads=6, num_tokens=64)
+        dims.validate(heads=6)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "dims", [ParallelDims(1, 5, 5), ParallelDims(1, 3), ParallelDims(2, 6, 2), ParallelDims(1, 7, 7)]
+)
+def test_any_token_count_runs_on_any_mesh_the_heads_allow(dims):
+    dims.validate(heads=6)  # 5, 3, 6 and 7 ranks: no token count is refused, shards are padded
 
 
 def test_layout_ulysses_subgroups_are_consecutive_and_each_holds_a_contiguous_block():
@@ -92,7 +98,9 @@ def test_layout_ulysses_subgroups_are_consecutive_and_each_holds_a_contiguous_bl
     assert dims.ulysses == 3
     assert [dims.sp_coords(s) for s in range(6)] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
     # SP ranks 0-2 (ring position 0) jointly hold tokens [0, 18) of 36, ranks 3-5 hold [18, 36).
-    assert [dims.token_range(s, 36) for s in range(6)] == [(0, 6), (6, 12), (12, 18), (18, 24), (24, 30), (30, 36)]
+    shards = dims.shards(36)
+    assert [shards.pixels(s) for s in range(6)] == [(0, 6), (6, 12), (12, 18), (18, 24), (24, 30), (30, 36)]
+    assert [shards.real(j * 3, 3) for j in range(2)] == [18, 18]
 
 
 NANO = ModelConfig(size="nano")  # D=64, L=4, 4 heads

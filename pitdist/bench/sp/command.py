@@ -11,6 +11,8 @@ from pitdist.bench.common import (
     choice_list,
     cores,
     created,
+    image_size,
+    image_sizes,
     int_list,
     json_path,
     mem_available,
@@ -30,7 +32,9 @@ EPILOG = textwrap.dedent(
     position embedding) unless overridden with --model.KEY VALUE, exactly as for `pitdist train`:
       --model.size {nano,tiny,small,base}  --model.dim D  --model.depth L  --model.heads H
       --model.mlp_ratio R  --model.pos_embed {none,sincos,learned}  --model.patch_size p
-    Every P must divide the heads and every image's token count (checked before any rank starts).
+    Every P must divide the heads (checked before any rank starts); an image of any token count runs
+    on any P, each rank's share padded to S = ceil(tokens / P) slots. Sizes are a side (a square) or
+    HxW (e.g. 30x20); the search part looks for the largest square.
 
     Outputs: a table per part on stdout; JSON (--out, rewritten after every group of ranks so a long
     run leaves its finished parts behind) and a PNG plot (--plot) of saved bytes per rank and
@@ -77,18 +81,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--image-size",
-        type=int,
-        default=28,
-        metavar="SIDE",
-        help="image side (pixels) of the activation-memory part (default: 28, i.e. 784 tokens)",
+        type=image_size,
+        default=(28, 28),
+        metavar="SIZE",
+        help="image size (SIDE or HxW, pixels) of the activation-memory part (default: 28, i.e. 784 tokens)",
     )
     p.add_argument("--channels", type=int, default=1, metavar="C", help="image channels C (default: 1)")
     p.add_argument(
         "--time-sizes",
-        type=INT_LIST,
-        default=[28, 56],
+        type=image_sizes,
+        default=[(28, 28), (56, 56)],
         metavar="LIST",
-        help="image sides of the step-time part, comma-separated (default: 28,56)",
+        help="image sizes (SIDE or HxW) of the step-time part, comma-separated (default: 28,56)",
     )
     p.add_argument(
         "--warmup", type=int, default=2, metavar="N", help="untimed warm-up steps before timing (default: 2)"
@@ -124,18 +128,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--big-side",
-        type=int,
-        default=224,
-        metavar="SIDE",
-        help="big part: side of the one-step run (default: 224, i.e. 50,176 tokens)",
+        type=image_size,
+        default=(224, 224),
+        metavar="SIZE",
+        help="big part: image size (SIDE or HxW) of the one-step run (default: 224, i.e. 50,176 tokens)",
     )
     p.add_argument("--big-sp", type=int, default=4, metavar="P", help="big part: SP size (default: 4)")
     p.add_argument(
         "--train-side",
-        type=int,
-        default=112,
-        metavar="SIDE",
-        help="train part: side of the few-step training run (default: 112, i.e. 12,544 tokens)",
+        type=image_size,
+        default=(112, 112),
+        metavar="SIZE",
+        help="train part: image size (SIDE or HxW) of the few-step training run (default: 112, i.e. 12,544 tokens)",
     )
     p.add_argument("--train-sp", type=int, default=4, metavar="P", help="train part: SP size (default: 4)")
     p.add_argument("--train-steps", type=int, default=3, metavar="N", help="train part: training steps (default: 3)")
@@ -185,9 +189,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     ncores = args.threads_total or cores()
     threads = {p: max(1, ncores // p) for p in jobs}
     m = cfg.model
-    params = sum(
-        t.numel() for t in build_model(m, (args.image_size, args.image_size, args.channels), NUM_CLASSES).parameters()
-    )
+    params = sum(t.numel() for t in build_model(m, (*args.image_size, args.channels), NUM_CLASSES).parameters())
     header = {
         "benchmark": "pitdist bench sp",
         "created": created(),

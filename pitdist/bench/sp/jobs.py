@@ -34,7 +34,8 @@ def rank_main(rank: int, world: int, cfg_dict: dict, jobs: list[dict], channels:
         start = time.perf_counter()
         if job["kind"] == "step":
             log(
-                f"P={world}: {job['part']} {job['side']}x{job['side']} ({job['warmup']} warm-up + {job['steps']} steps)"
+                f"P={world}: {job['part']} {job['height']}x{job['width']} "
+                f"({job['warmup']} warm-up + {job['steps']} steps)"
             )
             result = step_job(cfg, mesh, job, channels)
         else:

@@ -3,7 +3,8 @@
 Probes are forward-only (the train step's forward and loss, stopped before its backward), counting
 saved bytes and aborted at the next block once the per-rank cap is crossed, so the machine never
 holds more than about cap x P; sides double, then a walk starts from the side a linear fit
-(bytes = a + b * tokens) predicts; the winner is confirmed by one full training step.
+(bytes = a + b * tokens) predicts; the winner is confirmed by one full training step. Every side
+that whole patches tile is a candidate on every P: a token count P does not divide is padded.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 
+from pitdist.bench.common import size_fields
 from pitdist.bench.sp.memory import SavedTensorCounter, counting
 from pitdist.bench.sp.plan import GIB
 from pitdist.bench.sp.plan import tokens as _tokens
@@ -51,7 +53,7 @@ def _probe(cfg, mesh, side: int, channels: int, cap: int) -> dict:
     from pitdist.distributed import comm
     from pitdist.train.step import forward_backward
 
-    engine, batch, num_tokens = build(cfg, mesh, side, channels)
+    engine, batch, num_tokens = build(cfg, mesh, (side, side), channels)
     counter = SavedTensorCounter(engine.module.parameters(), cap_bytes=cap)
 
     def guard(module, inputs):
@@ -91,9 +93,9 @@ def search_job(cfg, mesh, job: dict, channels: int, log) -> dict:
     import numpy as np
 
     cap, patch, p = job["cap_bytes"], job["patch"], mesh.sp
-    valid = [s for s in range(patch, job["max_side"] + 1, patch) if _tokens(s, patch) % p == 0]
+    valid = list(range(patch, job["max_side"] + 1, patch))
     if not valid:
-        return {"kind": "search", "part": "search", "error": f"no side <= {job['max_side']} has tokens % {p} == 0"}
+        return {"kind": "search", "part": "search", "error": f"no side <= {job['max_side']} is whole patches"}
     probes: dict[int, dict] = {}
 
     def probe(side: int) -> dict:
@@ -165,6 +167,9 @@ def search_job(cfg, mesh, job: dict, channels: int, log) -> dict:
     if best is not None:  # prove it: one full forward + backward + optimizer step at that side
         log(f"search P={p}: confirming {best}x{best} with a full training step")
         result["confirm"] = step_job(
-            cfg, mesh, {"part": "search", "side": best, "warmup": 0, "steps": 1, "measure": True}, channels
+            cfg,
+            mesh,
+            {"part": "search", **size_fields((best, best)), "warmup": 0, "steps": 1, "measure": True},
+            channels,
         )
     return result

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from pitdist.bench.common import BenchOptionError, mem_available, one_image_job, only_model_overrides
+from pitdist.bench.common import (
+    BenchOptionError,
+    mem_available,
+    one_image_job,
+    only_model_overrides,
+    patch_tokens,
+    size_fields,
+    size_name,
+)
 
 NUM_CLASSES = 10
 # Model defaults: PiT-Tiny's width and depth (192, 12) with 4 heads so P = 1, 2, 4 all divide them.
@@ -14,7 +22,16 @@ GIB = 1024**3
 
 
 def tokens(side: int, patch: int) -> int:
+    """The tokens of a square image (the search part's sides)."""
     return (side // patch) ** 2
+
+
+def shard(model_cfg, num_tokens: int, p: int) -> int:
+    """S: the token slots each of P ranks runs an image of ``num_tokens`` pixel tokens on (padded; the
+    CLS token counts when the model pools by it)."""
+    from pitdist.parallel_dims import TokenShards
+
+    return TokenShards(num_tokens, p, cls=model_cfg.pool == "cls").shard
 
 
 def _estimate_rank_bytes(model_cfg, tokens_per_rank: int) -> int:
@@ -26,15 +43,12 @@ def _estimate_rank_bytes(model_cfg, tokens_per_rank: int) -> int:
 
 def _check_numbers(args: argparse.Namespace) -> None:
     for name in (
-        "image_size",
         "channels",
         "warmup",
         "steps",
         "search_start",
         "search_max_side",
-        "big_side",
         "big_sp",
-        "train_side",
         "train_sp",
         "train_steps",
         "threads_total",
@@ -44,7 +58,6 @@ def _check_numbers(args: argparse.Namespace) -> None:
             1
             if name
             in (
-                "image_size",
                 "channels",
                 "steps",
                 "search_start",
@@ -81,29 +94,32 @@ def plan(args: argparse.Namespace, overrides: list[str]):
         )
     parts = args.parts
 
-    def check(p: int, side: int, option: str) -> None:
-        if side % patch:
-            raise BenchOptionError(f"{option} {side}: not divisible by model.patch_size = {patch}")
+    def check(p: int, size: tuple[int, int] | None, option: str) -> None:
+        """Any image runs on any P (its shards are padded); what is refused is a P the heads cannot
+        split, and an image the patches do not tile."""
+        if size is not None:
+            patch_tokens(size, patch, option)
         try:
-            ParallelDims(1, p).validate(heads=m.num_heads, num_tokens=tokens(side, patch))
+            ParallelDims(1, p).validate(heads=m.num_heads)
         except ValueError as exc:
-            raise type(exc)(f"{option} {side} with P = {p}: {exc}") from None
+            where = f"{option} {size_name(size)} with P = {p}" if size is not None else f"{option} {p}"
+            raise type(exc)(f"{where}: {exc}") from None
 
     jobs: dict[int, list[dict]] = {p: [] for p in sps}
-    step_sides = []
+    step_sizes = []
     if "memory" in parts:
-        step_sides.append(args.image_size)
+        step_sizes.append(args.image_size)
     if "time" in parts:
-        step_sides += [s for s in args.time_sizes if s not in step_sides]
+        step_sizes += [s for s in args.time_sizes if s not in step_sizes]
     for p in sps:
-        for side in step_sides:
-            check(p, side, "--image-size" if side == args.image_size and "memory" in parts else "--time-sizes")
-            timed = "time" in parts and side in args.time_sizes
+        for size in step_sizes:
+            check(p, size, "--image-size" if size == args.image_size and "memory" in parts else "--time-sizes")
+            timed = "time" in parts and size in args.time_sizes
             jobs[p].append(
                 {
                     "kind": "step",
                     "part": "step",
-                    "side": side,
+                    **size_fields(size),
                     "warmup": args.warmup if timed else 0,
                     "steps": args.steps if timed else 1,
                     "measure": True,
@@ -111,8 +127,7 @@ def plan(args: argparse.Namespace, overrides: list[str]):
             )
     if "search" in parts:
         for p in sps:
-            # Heads first (a side cannot fix them); sides are then filtered to tokens % P == 0.
-            check(p, p * patch if p > 1 else patch, "--sp")
+            check(p, None, "--sp")  # the heads (every side then runs, padded)
             jobs[p].append(
                 {
                     "kind": "search",
@@ -123,22 +138,22 @@ def plan(args: argparse.Namespace, overrides: list[str]):
                     "patch": patch,
                 }
             )
-    if "train" in parts and args.train_side:
+    if "train" in parts:
         check(args.train_sp, args.train_side, "--train-side")
         jobs.setdefault(args.train_sp, []).append(
             {
                 "kind": "step",
                 "part": "train",
-                "side": args.train_side,
+                **size_fields(args.train_side),
                 "warmup": 0,
                 "steps": args.train_steps,
                 "measure": True,
             }
         )
-    if "big" in parts and args.big_side:
+    if "big" in parts:
         check(args.big_sp, args.big_side, "--big-side")
         jobs.setdefault(args.big_sp, []).append(
-            {"kind": "step", "part": "big", "side": args.big_side, "warmup": 0, "steps": 1, "measure": True}
+            {"kind": "step", "part": "big", **size_fields(args.big_side), "warmup": 0, "steps": 1, "measure": True}
         )
     return cfg, {p: j for p, j in sorted(jobs.items()) if j}, _skip_too_big(jobs, m, patch, args.force)
 
@@ -151,12 +166,13 @@ def _skip_too_big(jobs: dict[int, list[dict]], m, patch: int, force: bool) -> li
         for job in p_jobs:
             if job["kind"] != "step" or available is None:
                 continue
-            need = p * _estimate_rank_bytes(m, tokens(job["side"], patch) // p)
+            num_tokens = (job["height"] // patch) * (job["width"] // patch)
+            need = p * _estimate_rank_bytes(m, shard(m, num_tokens, p))
             job["estimated_total_bytes"] = need
             if need > available - GIB and not force:
                 job["skip"] = (
                     f"estimated {need / GIB:.1f} GiB for {p} ranks but {available / GIB:.1f} GiB available "
                     f"(--force runs it anyway)"
                 )
-                notes.append(f"{job['part']} {job['side']}x{job['side']} P={p}: skipped, {job['skip']}")
+                notes.append(f"{job['part']} {job['height']}x{job['width']} P={p}: skipped, {job['skip']}")
     return notes

@@ -5,8 +5,13 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from pitdist.bench.common import figure, slowest, table
+from pitdist.bench.common import figure, size_fields, size_name, slowest, table
 from pitdist.bench.sp.plan import GIB
+
+
+def _size(r: dict) -> tuple[int, int]:
+    """A result's image size (height, width)."""
+    return r["height"], r["width"]
 
 
 def _median_total(ranks: list[dict]) -> dict:
@@ -46,25 +51,25 @@ def aggregate(results: dict[int, list[list[dict]]], args, cfg, threads: dict[int
             first = ranks[0]
             if "skipped" in first:
                 report["skipped"].append(
-                    {"part": first["part"], "sp": p, "side": first.get("side"), "reason": first["skipped"]}
+                    {"part": first["part"], "sp": p, **size_fields(_size(first)), "reason": first["skipped"]}
                 )
                 continue
             if first["part"] == "step":
-                if "memory" in args.parts and first["side"] == args.image_size:
+                if "memory" in args.parts and _size(first) == args.image_size:
                     mem_rows.append(
                         {
                             "sp": p,
-                            "side": first["side"],
+                            **size_fields(_size(first)),
                             "tokens": first["tokens"],
                             "tokens_per_rank": first["tokens_per_rank"],
                             **_mem(ranks),
                         }
                     )
-                if "time" in args.parts and first["side"] in args.time_sizes:
+                if "time" in args.parts and _size(first) in args.time_sizes:
                     time_rows.append(
                         {
                             "sp": p,
-                            "side": first["side"],
+                            **size_fields(_size(first)),
                             "tokens": first["tokens"],
                             "threads_per_rank": threads[p],
                             "warmup": args.warmup,
@@ -87,7 +92,7 @@ def aggregate(results: dict[int, list[list[dict]]], args, cfg, threads: dict[int
             else:  # big, train
                 report[first["part"]] = {
                     "sp": p,
-                    "side": first["side"],
+                    **size_fields(_size(first)),
                     "tokens": first["tokens"],
                     "tokens_per_rank": first["tokens_per_rank"],
                     "threads_per_rank": threads[p],
@@ -103,12 +108,12 @@ def aggregate(results: dict[int, list[list[dict]]], args, cfg, threads: dict[int
         for r in mem_rows:
             r["ratio_to_p1"] = r["saved_bytes_max"] / base if base else None
             r["ideal_ratio"] = 1 / r["sp"]
-        report["memory"] = {"side": args.image_size, "rows": mem_rows}
+        report["memory"] = {**size_fields(args.image_size), "rows": mem_rows}
     if time_rows:
         for r in time_rows:
-            base = next((b["total_s"] for b in time_rows if b["sp"] == 1 and b["side"] == r["side"]), None)
+            base = next((b["total_s"] for b in time_rows if b["sp"] == 1 and _size(b) == _size(r)), None)
             r["ratio_to_p1"] = r["total_s"] / base if base else None
-        time_rows.sort(key=lambda r: (r["side"], r["sp"]))
+        time_rows.sort(key=lambda r: (*_size(r), r["sp"]))
         report["time"] = {"rows": time_rows}
     if search_rows:
         report["search"] = {"cap_bytes": int(args.cap_gib * GIB), "rows": search_rows}
@@ -137,7 +142,7 @@ def render(report: dict) -> str:
     if report["memory"]:
         mem = report["memory"]
         out.append(
-            f"\nActivation memory per rank, {mem['side']}x{mem['side']} image ({mem['rows'][0]['tokens']} tokens): "
+            f"\nActivation memory per rank, {size_name(_size(mem))} image ({mem['rows'][0]['tokens']} tokens): "
             f"bytes autograd saves in one forward (distinct storages, parameters excluded)"
         )
         out.append(
@@ -179,7 +184,7 @@ def render(report: dict) -> str:
                 ["image", "tokens", "P", "threads/rank", "fwd s", "bwd s", "opt s", "step s", "ratio to P=1"],
                 [
                     [
-                        f"{r['side']}x{r['side']}",
+                        size_name(_size(r)),
                         r["tokens"],
                         r["sp"],
                         r["threads_per_rank"],
@@ -232,7 +237,7 @@ def render(report: dict) -> str:
         r = report[part]
         if r:
             out.append(
-                f"\n{title}: {r['side']}x{r['side']} image ({r['tokens']:,} tokens), P={r['sp']} "
+                f"\n{title}: {size_name(_size(r))} image ({r['tokens']:,} tokens), P={r['sp']} "
                 f"({r['tokens_per_rank']:,} tokens/rank, {r['threads_per_rank']} thread(s)/rank)"
             )
             out.append(
@@ -252,7 +257,7 @@ def render(report: dict) -> str:
                 f"{' '.join(_mib(x) for x in r['peak_rss_delta_bytes_per_rank'])}"
             )
     for s in report["skipped"]:
-        out.append(f"\nSKIPPED {s['part']} P={s['sp']} side={s['side']}: {s['reason']}")
+        out.append(f"\nSKIPPED {s['part']} P={s['sp']} {size_name(_size(s))}: {s['reason']}")
     return "\n".join(out)
 
 
@@ -266,7 +271,7 @@ def plot(report: dict, path: Path) -> None:
             base = next((r["saved_bytes_max"] for r in rows if r["sp"] == 1), None)
             if base:
                 ax.plot(ps, [base / p / 2**20 for p in ps], "k--", lw=1, label="P=1 / P")
-            ax.set_title(f"Saved activations per rank, {report['memory']['side']}x{report['memory']['side']}")
+            ax.set_title(f"Saved activations per rank, {size_name(_size(report['memory']))}")
             ax.set_xticks(ps)
         ax.set_xlabel("SP ranks P")
         ax.set_ylabel("MiB per rank")
@@ -275,9 +280,9 @@ def plot(report: dict, path: Path) -> None:
         ax = axes[1]
         if report["time"]:
             rows = report["time"]["rows"]
-            for side in sorted({r["side"] for r in rows}):
-                sub = [r for r in rows if r["side"] == side]
-                ax.plot([r["sp"] for r in sub], [r["ratio_to_p1"] for r in sub], "o-", label=f"{side}x{side}")
+            for size in sorted({_size(r) for r in rows}):
+                sub = [r for r in rows if _size(r) == size]
+                ax.plot([r["sp"] for r in sub], [r["ratio_to_p1"] for r in sub], "o-", label=size_name(size))
             ps = sorted({r["sp"] for r in rows})
             ax.plot(ps, [1 / p for p in ps], "k--", lw=1, label="ideal 1/P")
             ax.axhline(1.0, color="grey", lw=0.5)

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import contextlib
 
+from pitdist.bench.common import size_fields
 from pitdist.bench.sp.memory import SavedTensorCounter, counting, rss_delta, rss_mark
-from pitdist.bench.sp.plan import NUM_CLASSES
+from pitdist.bench.sp.plan import NUM_CLASSES, shard
 
 
-def model_and_batch(cfg, mesh, side: int, channels: int):
+def model_and_batch(cfg, mesh, size: tuple[int, int], channels: int):
     """(the model parallelized for ``mesh`` under the job's checkpointing policy, this rank's Batch of one
-    random image): the same weights and the same image on every rank."""
+    random image of ``size`` = (height, width)): the same weights and the same image on every rank.
+
+    The Batch holds the rank's pixel tokens (fewer than its S slots on a padded shard, none on a rank
+    of padding only); the parallelized model pads them to S itself."""
     import torch
 
     from pitdist.distributed.parallelize import parallelize
@@ -23,22 +27,23 @@ def model_and_batch(cfg, mesh, side: int, channels: int):
     from pitdist.train.step import Batch
 
     torch.manual_seed(cfg.train.seed)  # identical weights on every rank
-    model = build_model(cfg.model, (side, side, channels), NUM_CLASSES)
+    h, w = size
+    model = build_model(cfg.model, (h, w, channels), NUM_CLASSES)
     model = parallelize(model, mesh, cfg.model, cfg.train.activation_checkpointing, cfg.train.selective_every)
-    gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + side)  # same image on every rank
-    pixels = torch.randint(0, 256, (1, side, side, channels), dtype=torch.uint8, generator=gen)
+    gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + h * 1_009 + w)  # same image on every rank
+    pixels = torch.randint(0, 256, (1, h, w, channels), dtype=torch.uint8, generator=gen)
     label = torch.randint(0, NUM_CLASSES, (1,), generator=gen)
-    lo, hi = mesh.token_range(model.num_tokens)
+    lo, hi = mesh.pixel_range(model.num_tokens, cls=cfg.model.pool == "cls")
     return model, Batch(pixels_to_tokens(pixels, cfg.model.patch_size, (lo, hi)), torch.arange(lo, hi), label)
 
 
-def build(cfg, mesh, side: int, channels: int):
+def build(cfg, mesh, size: tuple[int, int], channels: int):
     """(engine, this rank's Batch of one random image, tokens per image): the same weights and image on every rank."""
     import torch
 
     from pitdist.train.engine import build_engine
 
-    model, batch = model_and_batch(cfg, mesh, side, channels)
+    model, batch = model_and_batch(cfg, mesh, size, channels)
     engine = build_engine(model, cfg, mesh, torch.float32)
     # DeepSpeed's WarmupDecayLR gives lr 0 to the first two steps even with a 1-step warm-up. Advance
     # it so every step the bench runs updates the weights (AdamW does the same work either way).
@@ -69,7 +74,7 @@ def step_job(cfg, mesh, job: dict, channels: int) -> dict:
     from pitdist.observe.timer import StepTimer
     from pitdist.train.step import train_step
 
-    engine, batch, num_tokens = build(cfg, mesh, job["side"], channels)
+    engine, batch, num_tokens = build(cfg, mesh, (job["height"], job["width"]), channels)
     timer = StepTimer()
     times, losses, memory = [], [], None
     for i in range(job["warmup"] + job["steps"]):
@@ -96,9 +101,9 @@ def step_job(cfg, mesh, job: dict, channels: int) -> dict:
     return {
         "kind": "step",
         "part": job["part"],
-        "side": job["side"],
+        **size_fields((job["height"], job["width"])),
         "tokens": num_tokens,
-        "tokens_per_rank": num_tokens // mesh.sp,
+        "tokens_per_rank": shard(cfg.model, num_tokens, mesh.sp),  # S slots, padding included
         "times": times,
         "losses": losses,
         "memory": memory,
