@@ -51,8 +51,21 @@ def test_comm_model_projects_pit_base_at_224_pixels(pitdist_cli):
 
 
 def test_comm_model_says_when_ulysses_could_not_run_that_mesh(pitdist_cli):
+    proc = pitdist_cli("comm-model", "--model.size", "tiny", "--sp", "4", check=True)
+    assert "pitdist would refuse P = 4 here: parallel.sp = 4 does not divide the model's 3 attention heads" in (
+        proc.stdout
+    )
+    assert "valid sp for this model: [1, 3]" in proc.stdout
+
+
+def test_comm_model_projects_a_padded_mesh_and_its_padding_share(pitdist_cli):
+    # 224x224 = 50,176 tokens on 12 ranks: shards of 4,182 slots, 8 of the 50,184 padding (0.016% of
+    # the attention's bytes, which are 64% of the step's: 0.010% of all bytes sent)
     proc = pitdist_cli("comm-model", "--model.size", "base", "--sp", "12", check=True)
-    assert "pitdist would refuse P = 12 here" in proc.stdout and "valid sp: [1, 2, 4]" in proc.stdout
+    assert "refuse" not in proc.stdout
+    assert "P = 12: S = 4182, 8 padded" in proc.stdout
+    rows = [line.split() for line in proc.stdout.splitlines() if line.split()[:2] == ["12", "none"]]
+    assert rows and rows[0][-1] == "0.010%"
 
 
 def test_comm_report_rejects_unknown_variants(pitdist_cli):

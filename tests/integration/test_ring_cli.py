@@ -9,7 +9,7 @@ import pytest
         (
             ["--sp", "6", "--model.heads", "3", "--model.dim", "48", "--data.dataset", "synthetic:6x6x1:50"],
             "parallel.sp = 6 does not divide the model's 3 attention heads (Ulysses gives each SP rank whole heads); "
-            "valid sp for this model and image: [1, 3]; or add ring attention: valid (ulysses, ring) for sp = 6: "
+            "valid sp for this model: [1, 3]; or add ring attention: valid (ulysses, ring) for sp = 6: "
             "[(3, 2), (1, 6)] (set parallel.ring)",
         ),
         (

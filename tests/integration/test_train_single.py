@@ -61,7 +61,7 @@ def test_bad_config_exits_2_and_writes_nothing(pitdist_cli, tmp_path):
         (
             ["--sp", "3", "--train.batch_size", "30"],
             "parallel.sp = 3 does not divide the model's 4 attention heads (Ulysses gives each SP rank "
-            "whole heads); valid sp for this model and image: [1, 2, 4]",
+            "whole heads); valid sp for this model: [1, 2, 4]",
         ),
         (
             ["--model.patch_size", "3"],
