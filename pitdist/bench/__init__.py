@@ -2,4 +2,15 @@
 and main(args, rest) -> int, registered in BENCHMARKS (in `pitdist bench --help` order). Shared
 helpers live in pitdist.bench.common."""
 
-BENCHMARKS = ("sp", "checkpointing", "ledger", "data", "ring", "ray", "accuracy", "steptime", "projection")
+BENCHMARKS = (
+    "sp",
+    "checkpointing",
+    "padding",
+    "ledger",
+    "data",
+    "ring",
+    "ray",
+    "accuracy",
+    "steptime",
+    "projection",
+)

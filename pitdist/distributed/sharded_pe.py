@@ -1,8 +1,10 @@
 """A learned position table sharded with the tokens, its gradient reduced over the DP group only.
 
-SP rank r holds rows [r*N/P, (r+1)*N/P). DeepSpeed's engine reduces every ordinary gradient over all
-Q*P ranks, which would add different rows together; the one parameter kind it reduces over a smaller
-group is an MoE expert parameter. So the shard is declared as DeepSpeed expert state:
+SP rank r holds rows [r*S, (r+1)*S) of the table padded to P*S rows (S = ceil(L/P) token slots per
+rank, pitdist.parallel_dims.TokenShards; the padding rows serve no token). DeepSpeed's engine
+reduces every ordinary gradient over all Q*P ranks, which would add different rows together; the one
+parameter kind it reduces over a smaller group is an MoE expert parameter. So the shard is declared
+as DeepSpeed expert state:
 
 * ``ShardedLearnedPosEmbed`` subclasses deepspeed.moe.layer.MoE only as the marker the engine checks
   (``has_moe_layers``); it runs none of MoE's code. The engine then broadcasts the shard within its DP

@@ -2,7 +2,8 @@
 
 The inner attention maps batch-first q, k, v of shape [b, s, h, d] to [b, s, h, d]. The plain model
 uses SDPAttention; sequence parallelism swaps in DeepSpeed's DistributedAttention around it, which
-turns a [b, N/P, h, d] token shard into [b, N, h/P, d] head shard and back. Nothing here knows.
+turns a [b, S, h, d] token shard (S = ceil(N/P) slots) into a [b, P*S, h/P, d] head shard and back.
+Nothing here knows.
 """
 
 from __future__ import annotations

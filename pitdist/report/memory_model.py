@@ -1,8 +1,8 @@
 """Analytical model of the activations one rank keeps for backward, per checkpointing policy.
 
-Counted in D-vectors per token this rank holds (n = N/P tokens of each of b images; D width, h heads,
-r MLP ratio, e bytes per element), as pitdist's PiT block saves them (autograd's saved tensors, each
-storage once; what ``pitdist bench sp`` and ``pitdist bench checkpointing`` count):
+Counted in D-vectors per token slot this rank holds (n = S = ceil(N/P) slots of each of b images; D
+width, h heads, r MLP ratio, e bytes per element), as pitdist's PiT block saves them (autograd's saved
+tensors, each storage once; what ``pitdist bench sp`` and ``pitdist bench checkpointing`` count):
 
     norm1: its input x and 2 statistics                     1 + 2/D
     qkv projection: its input                               1
