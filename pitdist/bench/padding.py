@@ -167,6 +167,8 @@ def render(report: dict) -> str:
             f"{r['model_padding_sent_bytes'] / r['model_sent_bytes']:>9.3%}{saved / 2**20:>8.2f} MiB"
             f"{saved / max(base['saved_bytes_per_rank']):>7.3f}{r['step_s']:>8.3f}{r['step_s'] / base['step_s']:>7.3f}"
         )
+    if len(rows) < len(NAMES):
+        lines.append("(no narrower image of this height has a token count P divides: nothing to crop to)")
     lines.append("saved/rank: activation bytes one forward saves on the rank that saves most; padding: the share")
     lines.append("of the bytes sent that carries padded slots (communication model, equal to the ledger's bytes)")
     return "\n".join(lines)
