@@ -236,12 +236,21 @@ def comm_runs(
     return run_dirs
 
 
-def checkpointing_versus_none(rank: int, dp: int, sp: int, ring: int, variants: list[tuple[str, bool]]) -> list[dict]:
-    """One forward + backward per activation-checkpointing policy on the same mesh, weights and batch.
+def checkpointing_versus_none(
+    rank: int,
+    dp: int,
+    sp: int,
+    ring: int,
+    variants: list[tuple[str, bool]],
+    image: tuple[int, int, int] = IMAGE,
+    model_overrides: tuple[str, ...] = (),
+) -> list[dict]:
+    """One forward + backward per activation-checkpointing policy on the same mesh, weights and batch
+    (images of shape ``image``, padded shards when P does not divide its tokens).
 
     Per PE variant and policy: the largest relative differences of logits, loss and every parameter
     gradient from the same mesh without checkpointing, and the bytes autograd held after the forward
-    (the saved-tensor count of `pitdist bench sp`) beside the memory model's figure.
+    (the saved-tensor count of `pitdist bench sp`) beside the memory model's figure for the rank's slots.
     """
     from pitdist.bench.sp.memory import SavedTensorCounter, counting
     from pitdist.config import ACTIVATION_CHECKPOINTING
@@ -250,16 +259,17 @@ def checkpointing_versus_none(rank: int, dp: int, sp: int, ring: int, variants: 
 
     mesh = Mesh(ParallelDims(dp, sp, ring))
     gen = torch.Generator().manual_seed(4321)
-    pixels = torch.randint(0, 256, (dp * 2, *IMAGE), dtype=torch.uint8, generator=gen)
+    pixels = torch.randint(0, 256, (dp * 2, *image), dtype=torch.uint8, generator=gen)
     labels = torch.randint(0, CLASSES, (dp * 2,), generator=gen)
     mine = slice(mesh.dp_rank * 2, mesh.dp_rank * 2 + 2)
-    lo, hi = mesh.pixel_range(64)
-    batch = Batch(pixels_to_tokens(pixels[mine], 1, (lo, hi)), torch.arange(lo, hi), labels[mine])
     report = []
     for pos_embed, shard in variants:
-        cfg = sp_test_config(pos_embed, shard, dp, sp, ring=ring)
+        cfg = sp_test_config(pos_embed, shard, dp, sp, ring=ring, model=model_overrides)
         torch.manual_seed(0)
-        reference = build_model(cfg.model, IMAGE, CLASSES)
+        reference = build_model(cfg.model, image, CLASSES)
+        shards = mesh.token_shards(reference.num_tokens, cls=cfg.model.pool == "cls")
+        lo, hi = shards.pixels(mesh.sp_rank)
+        batch = Batch(pixels_to_tokens(pixels[mine], 1, (lo, hi)), torch.arange(lo, hi), labels[mine])
         results = {}
         for policy in ACTIVATION_CHECKPOINTING:
             model = parallelize(copy.deepcopy(reference), mesh, cfg.model, policy)
@@ -275,7 +285,7 @@ def checkpointing_versus_none(rank: int, dp: int, sp: int, ring: int, variants: 
                 "loss": record.loss,
                 "grads": {n: p.grad.clone() for n, p in engine.module.named_parameters()},
                 "held": counter.summary()["saved_bytes"],
-                "model_held": activation_memory(cfg.model, hi - lo, IMAGE[2], policy, sp, ring, images=2).held,
+                "model_held": activation_memory(cfg.model, shards.shard, image[2], policy, sp, ring, images=2).held,
             }
 
         plain = results["none"]
