@@ -299,6 +299,8 @@ def _with_policy(cfg_dict: dict, policy: str) -> dict:
 def extrapolate(probes: list[dict], depth: int, sp: int, cap: float, patch: int, max_side: int = 2048) -> dict:
     """Full-depth peak bytes per token from two reduced-depth probes, and the largest square side under
     ``cap``: every side runs on every P, a rank's peak growing with its S = ceil(tokens / P) slots."""
+    from pitdist.parallel_dims import TokenShards
+
     (a, b) = sorted(probes, key=lambda r: r["depth"])
     n = a["tokens_per_rank"]
     per_layer = (b["held_bytes"] - a["held_bytes"]) / (b["depth"] - a["depth"])
@@ -306,7 +308,7 @@ def extrapolate(probes: list[dict], depth: int, sp: int, cap: float, patch: int,
     per_token = (held + b["recompute_bytes"]) / n
     side = None
     for s in range(patch, max_side + 1, patch):
-        if -(-((s // patch) ** 2) // sp) * per_token > cap:
+        if TokenShards((s // patch) ** 2, sp).shard * per_token > cap:
             break
         side = s
     return {"per_token_bytes": per_token, "per_layer_token_bytes": per_layer / n, "largest_side": side}
