@@ -113,6 +113,9 @@ class DataConfig:
     # "digits" = scikit-learn's bundled 8x8 digits; otherwise a path to a pitdist Arrow dataset.
     dataset: str = "digits"
     val_fraction: float = 0.2
+    # A separate held-out dataset (e.g. Fashion-MNIST's test split) to evaluate on; "" = hold out
+    # data.val_fraction of data.dataset instead. When set, every image of data.dataset trains.
+    val_dataset: str = ""
     shuffle: bool = True
     # How batches reach the ranks. "memory": every rank memory-maps the dataset and takes its batch by
     # index (pitdist.data.sharding). "ray_data": Ray Data streams the rows, Ray Train gives each worker
@@ -144,6 +147,10 @@ class ParallelConfig:
     ray_address: str = ""
     # "auto" picks nccl when CUDA is available, else gloo.
     backend: Literal["auto", "gloo", "nccl"] = "auto"
+    # Overlap Ulysses' all-to-alls with computation on CUDA: each of q, k, v is exchanged on a side
+    # stream as soon as it is projected (DeepSpeed's DistributedAttention sp_stream). Exact either way;
+    # nothing to overlap on CPU, where it does not apply.
+    overlap_comm: bool = True
 
     def __post_init__(self) -> None:
         _require(self.dp >= 1, "parallel.dp", f"must be >= 1, got {self.dp}")
@@ -229,6 +236,10 @@ class TrainConfig:
     activation_checkpointing: CheckpointingPolicy = "none"
     # selective: checkpoint every k-th block (torchtitan's selective_ac_option = "k").
     selective_every: int = 2
+    # Keep what activation checkpointing keeps (each checkpointed stage's inputs) in host memory
+    # instead of on the device, and bring it back for the recompute (torch.autograd.graph.save_on_cpu).
+    # Saves device memory at the cost of host transfers; only with a checkpointing policy, only on CUDA.
+    checkpoint_offload: bool = False
     output_dir: str = "runs"
     # Save a DeepSpeed checkpoint (every rank's ZeRO state, scheduler, step, losses) every N steps and
     # at the last step; 0 = none (model.pt, the consolidated weights, is always written).
@@ -260,12 +271,24 @@ class TrainConfig:
         _require(self.eval_batch_size >= 1, "train.eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
         _require(self.threads >= 0, "train.threads", f"must be >= 0 (0 = automatic), got {self.threads}")
         _require(self.selective_every >= 1, "train.selective_every", f"must be >= 1, got {self.selective_every}")
+        _require(
+            not self.checkpoint_offload or self.activation_checkpointing != "none",
+            "train.checkpoint_offload",
+            "offloads what activation checkpointing keeps, so it needs a policy: set "
+            "train.activation_checkpointing to full, selective or local (or checkpoint_offload false)",
+        )
 
 
 @dataclass
 class MetricsConfig:
     # Record every collective (bytes, seconds, cause) in the communication ledger.
     ledger: bool = True
+    # How the ledger times a collective on a GPU. False: CUDA events on the collective's stream, read
+    # at the end of the step, never blocking the host (what trains is what is measured). True: a
+    # device-wide synchronize before and after every call, attributing wall time exactly to each call
+    # at the price of serialising communication with compute (for debugging; it changes the overlap
+    # being measured). On CPU a collective's host time is its time either way.
+    ledger_sync: bool = False
     # Also count collectives with DeepSpeed's comms logger and a c10d dispatch counter, to check
     # the ledger against (slower: the comms logger synchronises after every call).
     crosscheck: bool = False

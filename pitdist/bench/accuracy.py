@@ -108,7 +108,21 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="held-out share of the dataset, drawn with each seed (default: 0.02 = 1,200 of "
         "Fashion-MNIST's 60,000 training images)",
     )
+    p.add_argument(
+        "--val-dataset",
+        default=None,
+        metavar="DIR",
+        help="score every cell on this dataset instead (e.g. Fashion-MNIST's 10,000 test images: "
+        "`pitdist data convert fashion-mnist --split test --out data/fmnist-test`); then every image of "
+        "--dataset trains and --val-fraction is unused",
+    )
     p.add_argument("--out", default=None, metavar="PATH", help="JSON (default: runs/bench-accuracy-<time>.json)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the grid in --out: keep its finished runs (same dataset and budget) and train the "
+        "cells it lacks",
+    )
     p.add_argument("--plot", default=None, metavar="PATH", help="PNG (default: the --out path with .png)")
     p.add_argument(
         "--from-json",
@@ -149,11 +163,12 @@ def configs(args: argparse.Namespace, overrides: list[str], out_dir: Path) -> li
         raise BenchOptionError(
             f"--patches {','.join(map(str, args.patches))}: must include 1 (PiT), the model compared"
         )
-    if not args.dataset.startswith("synthetic:") and not Path(args.dataset).is_dir():
-        raise BenchOptionError(
-            f"--dataset {args.dataset}: no such dataset directory; create it with `{DATA_HINT}` "
-            f"(or pass --dataset synthetic:28x28x1:1000 for a smoke run)"
-        )
+    for option, name in (("--dataset", args.dataset), ("--val-dataset", args.val_dataset)):
+        if name and not name.startswith("synthetic:") and not Path(name).is_dir():
+            raise BenchOptionError(
+                f"{option} {name}: no such dataset directory; create it with `{DATA_HINT}` "
+                f"(--split test for the test images; or pass synthetic:28x28x1:1000 for a smoke run)"
+            )
     out = []
     for cell in grid(args):
         cfg = load_config(
@@ -172,6 +187,7 @@ def configs(args: argparse.Namespace, overrides: list[str], out_dir: Path) -> li
                 "memory",
                 "--data.val_fraction",
                 str(args.val_fraction),
+                *(["--data.val_dataset", args.val_dataset] if args.val_dataset else []),
                 "--parallel.launcher",
                 "single",
                 "--parallel.dp",
@@ -221,6 +237,25 @@ def configs(args: argparse.Namespace, overrides: list[str], out_dir: Path) -> li
     return out
 
 
+def finished_runs(out: Path, report: dict) -> list[dict]:
+    """The runs of an earlier, cut-short grid in ``out`` that this one can keep (BenchOptionError when
+    it measured something else)."""
+    if not out.is_file():
+        raise BenchOptionError(f"--resume: {out} does not exist; start the grid without --resume")
+    try:
+        earlier = json.loads(out.read_text())
+        runs = earlier["runs"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise BenchOptionError(f"--resume: {out} is not a bench accuracy JSON ({exc})") from None
+    for field in ("dataset", "val_dataset", "budget", "model", "vit_pos_embed", "val_images"):
+        if earlier.get(field) != report.get(field):
+            raise BenchOptionError(
+                f"--resume: {out} measured {field} = {earlier.get(field)!r}, this grid {report.get(field)!r}; "
+                "resume with the same options, or write a new --out"
+            )
+    return runs
+
+
 def summarize(runs: list[dict]) -> list[dict]:
     """Mean, sample standard deviation, min and max of val accuracy per cell, over the seeds run."""
     rows = []
@@ -253,7 +288,11 @@ def render(report: dict) -> str:
     lines = [
         f"pitdist bench accuracy: {report['dataset']}, {b['steps']} steps x {b['batch_size']} images = "
         f"{b['images']:,} training images per cell, seeds {','.join(map(str, report['seeds']))}, "
-        f"val {report['val_images']} images per seed",
+        + (
+            f"scored on {report['val_dataset']}'s {report['val_images']:,} images"
+            if report.get("val_dataset")
+            else f"val {report['val_images']} images per seed"
+        ),
         f"{'cell':<22}{'tokens':>7}{'mean acc':>10}{'std':>8}{'min':>8}{'max':>8}{'loss':>8}{'img/s':>8}"
         f"{'train s':>9}  per seed",
     ]
@@ -352,6 +391,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         "dataset_name": Path(args.dataset).name or args.dataset,
         "image_shape": list(train_data.image_shape),
         "train_images_available": len(train_data),
+        "val_dataset": args.val_dataset,
         "val_images": len(val_data),
         "seeds": args.seeds,
         "vit_pos_embed": args.vit_pe,
@@ -375,13 +415,25 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         "runs": [],
         "summary": [],
     }
+    if args.resume:
+        try:
+            kept = finished_runs(out, report)
+        except BenchOptionError as exc:
+            return option_error("accuracy", exc)
+        wanted = {(cell_key(c), c["seed"]) for c, _ in cells}
+        report["runs"] = [r for r in kept if (r["key"], r["seed"]) in wanted]
+    done = {(r["key"], r["seed"]) for r in report["runs"]}
+    grid_order = {(cell_key(c), c["seed"]): i for i, (c, _) in enumerate(cells)}
     print(
-        f"[bench accuracy] {len(cells)} runs of {args.steps} steps x {args.batch_size} images -> {out}",
+        f"[bench accuracy] {len(cells)} runs of {args.steps} steps x {args.batch_size} images -> {out}"
+        + (f" ({len(done)} kept from the earlier grid)" if done else ""),
         file=sys.stderr,
         flush=True,
     )
     started = time.perf_counter()
     for i, (cell, cfg) in enumerate(cells):
+        if (cell_key(cell), cell["seed"]) in done:
+            continue
         t0 = time.perf_counter()
         result = launch_local(cfg, make_run_dir(cfg))
         tail = result.losses[-max(1, len(result.losses) // 10) :]  # last 10% of steps: less noisy than one step
@@ -398,6 +450,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
                 "run_dir": result.run_dir,
             }
         )
+        report["runs"].sort(key=lambda r: grid_order[(r["key"], r["seed"])])
         report["summary"] = summarize(report["runs"])
         report["elapsed_s"] = time.perf_counter() - started
         write_json(report, out)

@@ -118,7 +118,10 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     on, off = statistics.median(per_step[True]), statistics.median(per_step[False])
     call_on, call_off = per_call_seconds()
     calls = calls_per_step(cfgs[True].train.output_dir)
+    from pitdist.observe.ledger import CommLedger
+
     summary = {
+        "clock": CommLedger().clock.name,  # how the ledger timed the calls (pitdist.observe.ledger: Time)
         "per_call_us_on": call_on * 1e6,
         "per_call_us_off": call_off * 1e6,
         "calls_per_step": calls,

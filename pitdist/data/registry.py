@@ -26,5 +26,18 @@ def load_dataset(name: str) -> PixelDataset:
 
 
 def split_dataset(cfg: JobConfig) -> tuple[PixelDataset, PixelDataset]:
-    """The job's (training, validation) split: deterministic in ``train.seed``."""
-    return load_dataset(cfg.data.dataset).split(cfg.data.val_fraction, seed=cfg.train.seed)
+    """The job's (training, validation) split: deterministic in ``train.seed``; with
+    ``data.val_dataset``, all of ``data.dataset`` and that dataset."""
+    data = load_dataset(cfg.data.dataset)
+    if not cfg.data.val_dataset:
+        return data.split(cfg.data.val_fraction, seed=cfg.train.seed)
+    val = load_dataset(cfg.data.val_dataset)
+    if val.image_shape != data.image_shape or val.num_classes != data.num_classes:
+        h, w, c = data.image_shape
+        vh, vw, vc = val.image_shape
+        raise ConfigError(
+            f"data.val_dataset = {cfg.data.val_dataset!r}: its {vh}x{vw}x{vc} images of {val.num_classes} "
+            f"classes do not match data.dataset's {h}x{w}x{c} of {data.num_classes}; evaluate on a split of "
+            "the same dataset (e.g. convert --split test)"
+        )
+    return data, val

@@ -11,13 +11,12 @@ import builtins
 import os
 import socket
 import sys
-import time
 from datetime import timedelta
 
 import torch
 from deepspeed import comm as dist
 
-from pitdist.observe.ledger import record_wait, tag
+from pitdist.observe.ledger import tag, waited
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -155,25 +154,34 @@ def all_gather_cat(tensor: torch.Tensor, group, *, category: str) -> torch.Tenso
     return out
 
 
-class RingShift:
-    """A ring exchange in flight (see ``ring_shift``); ``wait()`` returns what the previous rank sent."""
+class InFlight:
+    """A collective started with ``async_op`` (``ring_shift``, ``all_to_all_start``): ``wait()`` returns
+    its output, and the ledger counts the time spent waiting (what the caller's compute did not hide)."""
 
-    def __init__(self, works: list, sent: torch.Tensor, received: torch.Tensor, group, category: str):
-        # ``sent`` is held until the send completes: the backend reads it asynchronously.
+    def __init__(self, works: list, sent: torch.Tensor, received: torch.Tensor, group, category: str, op: str):
+        # ``sent`` is held until the call completes: the backend reads it asynchronously.
         self._works, self._sent, self._received = works, sent, received
-        self._group, self._category = group, category
+        self._group, self._category, self._op = group, category, op
 
     def wait(self) -> torch.Tensor:
-        start = time.perf_counter()
-        for work in self._works:
-            work.wait()
-        with tag(self._category):
-            record_wait("irecv", self._group, time.perf_counter() - start)
+        with tag(self._category), waited(self._op, self._group):
+            for work in self._works:
+                work.wait()
         self._works, self._sent = [], None
         return self._received
 
 
-def ring_shift(tensor: torch.Tensor, group, *, category: str) -> RingShift:
+def all_to_all_start(tensor: torch.Tensor, group, *, category: str) -> InFlight:
+    """Start the all-to-all of ``tensor``'s dim-0 blocks over ``group`` (block j goes to rank j; the
+    output's block j came from rank j); returns at once, so the caller computes while it runs."""
+    tensor = tensor.contiguous()
+    received = torch.empty_like(tensor)
+    with tag(category):
+        work = dist.all_to_all_single(received, tensor, group=group, async_op=True)
+    return InFlight([work], tensor, received, group, category, "all_to_all_single")
+
+
+def ring_shift(tensor: torch.Tensor, group, *, category: str) -> InFlight:
     """Start sending ``tensor`` to the next rank of ``group`` and receiving the previous rank's tensor of
     the same shape; returns at once, so the caller computes while the bytes travel.
 
@@ -192,7 +200,7 @@ def ring_shift(tensor: torch.Tensor, group, *, category: str) -> RingShift:
             works = [dist.isend(tensor, nxt, group=group), dist.irecv(received, prev, group=group)]
         else:
             works = [dist.irecv(received, prev, group=group), dist.isend(tensor, nxt, group=group)]
-    return RingShift(works, tensor, received, group, category)
+    return InFlight(works, tensor, received, group, category, "irecv")
 
 
 def destroy_process_group() -> None:

@@ -31,9 +31,11 @@ from pitdist.distributed import comm, sharded_pe
 from pitdist.distributed.checkpointing import Recomputed, apply_activation_checkpointing
 from pitdist.distributed.mesh import Mesh
 from pitdist.distributed.ring_attention import RingAttention
+from pitdist.distributed.ulysses_overlap import OverlappedUlysses
 from pitdist.models.pit import PiT, TokenSequence
 from pitdist.models.pos_embed import LearnedPosEmbed
 from pitdist.observe.categories import Category
+from pitdist.parallel_dims import ParallelDims
 
 
 class UlyssesAttention(nn.Module):
@@ -99,18 +101,40 @@ def gradient_elements(model: nn.Module) -> tuple[int, int]:
     return engine, pe.weight.numel() if isinstance(pe, LearnedPosEmbed) else 0
 
 
+def overlaps_ulysses(overlap_comm: bool, device_type: str, dims: ParallelDims, activation_checkpointing: str) -> bool:
+    """Whether Ulysses' all-to-alls run pipelined with the kernel (parallel.overlap_comm;
+    pitdist.distributed.ulysses_overlap): asked for, on CUDA (on CPU the host runs the kernel and gloo's
+    transfers on the same few cores: nothing to gain), Ulysses alone (a ring overlaps its own hops), and
+    not under ``local`` checkpointing, which recomputes exactly the kernel between the exchanges."""
+    return (
+        overlap_comm
+        and device_type == "cuda"
+        and dims.ulysses > 1
+        and dims.ring == 1
+        and activation_checkpointing != "local"
+    )
+
+
 def parallelize(
-    model: PiT, mesh: Mesh, cfg: ModelConfig, activation_checkpointing: str = "none", selective_every: int = 2
+    model: PiT,
+    mesh: Mesh,
+    cfg: ModelConfig,
+    activation_checkpointing: str = "none",
+    selective_every: int = 2,
+    overlap: bool = False,
 ) -> PiT:
     """Make ``model`` compute, on this rank's token slice, its share of the single-device result,
     keeping for backward what ``activation_checkpointing`` keeps (train.activation_checkpointing and
-    train.selective_every)."""
+    train.selective_every); ``overlap`` pipelines Ulysses' exchanges (``overlaps_ulysses`` decides)."""
     shards = mesh.token_shards(model.num_tokens, cls=model.cls_token is not None)
     # Real keys of the consecutive slots each attention kernel sees: Ulysses alone, all P*S slots;
     # a ring (or hybrid), the U*S slots of each ring rank's Ulysses group.
     block_keys = [shards.real(j * mesh.ulysses, mesh.ulysses) for j in range(mesh.ring)]
     for block in model.blocks:
         inner = block.attn.inner_attention
+        if overlap and mesh.ulysses > 1 and mesh.ring == 1:
+            block.attn.inner_attention = OverlappedUlysses(mesh.ulysses_group, block_keys[0])
+            continue
         if mesh.ring == 1 and shards.padding:
             inner = KeyPrefix(inner, block_keys[0])
         if activation_checkpointing == "local" and mesh.ring == 1:

@@ -23,6 +23,21 @@ checkpointing marks the recompute inside backward (``recomputing``); block hooks
 The replicated learned PE table's gradient travels inside DeepSpeed's flat gradient buckets;
 ``summary`` attributes to it the share of gradient bytes equal to its share of gradient elements
 (every gradient element is reduced exactly once per step, so the split is exact).
+
+Time. Bytes are exact at call time on every device; seconds come from a clock (``clock_for``):
+  host    (CPU)  ``time.perf_counter`` around the call: a gloo collective blocks the host until done.
+  events  (CUDA, the default) a CUDA event recorded on the current stream before the call and one
+          after it. NCCL runs the collective on its own stream, which waits for the work queued before
+          the first event, and a blocking call makes the current stream wait for it before the second:
+          their interval is the collective as the compute stream sees it, including waiting for the
+          slowest rank. The host never waits: events are read when they have completed (``flush`` at
+          the end of every step takes those done; ``rows`` waits for the rest), so a step's seconds may
+          arrive a step late in live exporters, never in the run's records.
+  sync    (CUDA, ``metrics.ledger_sync``) ``torch.cuda.synchronize()`` before and after every call,
+          then host time: exact per-call wall time for debugging, but it serialises every collective
+          with compute and so removes the overlap (ring hops, DeepSpeed's overlap_comm) it measures.
+For point-to-point exchanges posted earlier (ring attention), ``waited`` times the wait itself: the
+exposed part of the transfer that computation did not hide.
 """
 
 from __future__ import annotations
@@ -114,10 +129,66 @@ def _classify(op: str, phase: str, handed: int, group: str) -> Category:
     return Category.OTHER
 
 
-class CommLedger:
-    """Per-rank record of collectives, aggregated by (step, phase, category, op, group, layer)."""
+class HostClock:
+    """Host wall time: what a blocking CPU collective takes."""
 
-    def __init__(self, rank: int = 0):
+    name = "host"
+
+    def mark(self) -> float:
+        return time.perf_counter()
+
+    def ready(self, mark: float) -> bool:
+        return True
+
+    def seconds(self, start: float, end: float) -> float:
+        return end - start
+
+
+class SyncClock(HostClock):
+    """Host wall time between device-wide synchronisations (``metrics.ledger_sync``)."""
+
+    name = "sync"
+
+    def mark(self) -> float:
+        torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+class EventClock:
+    """CUDA events on the current stream: marks cost the host nothing and are read once complete."""
+
+    name = "events"
+
+    def __init__(self, event_type=None):
+        # ``event_type``: torch.cuda.Event unless a stand-in is given (the tests, on CPU).
+        self._event = event_type or torch.cuda.Event
+
+    def mark(self):
+        event = self._event(enable_timing=True)
+        event.record()
+        return event
+
+    def ready(self, mark) -> bool:
+        return mark.query()
+
+    def seconds(self, start, end) -> float:
+        end.synchronize()  # returns at once for an event that query() found complete
+        return start.elapsed_time(end) / 1000.0  # elapsed_time is in milliseconds
+
+
+def clock_for(device_type: str, sync: bool = False) -> HostClock | EventClock:
+    """The ledger's clock for collectives on ``device_type`` (module docstring: Time)."""
+    if device_type != "cuda":
+        return HostClock()
+    return SyncClock() if sync else EventClock()
+
+
+class CommLedger:
+    """Per-rank record of collectives, aggregated by (step, phase, category, op, group, layer).
+
+    ``clock`` (default: ``clock_for`` the device this process uses, without sync) times the calls."""
+
+    def __init__(self, rank: int = 0, clock: HostClock | EventClock | None = None):
         self.rank = rank
         self.step: int | None = None
         self.phase: str = Phase.INIT
@@ -129,7 +200,9 @@ class CommLedger:
         # (pitdist.observe.prometheus) without rescanning the per-step records.
         self.cumulative: dict[tuple[str, str, str], Totals] = defaultdict(Totals)
         self._backend = None
-        self._sync_cuda = torch.cuda.is_available()
+        self.clock = clock or clock_for("cuda" if torch.cuda.is_available() else "cpu")
+        # (record key, start mark, end mark) of calls whose seconds the clock cannot give yet.
+        self._pending: list[tuple[tuple, object, object]] = []
 
     # --- context the callers provide ------------------------------------------------------------
     def name_group(self, group, name: str) -> None:
@@ -180,8 +253,9 @@ class CommLedger:
             info = (f"group{dist.get_world_size(group=group)}", dist.get_world_size(group=group))
         return info
 
-    def record(self, op: str, handed: int, group, seconds: float, count: int = 1) -> None:
-        """One call (``count`` 0: only time, e.g. waiting for an isend/irecv issued earlier)."""
+    def record(self, op: str, handed: int, group, seconds: float, count: int = 1) -> tuple:
+        """One call (``count`` 0: only time, e.g. waiting for an isend/irecv issued earlier); returns
+        its record's key, to which ``add_seconds`` can add time known only later."""
         group_name, world = self._group_info(group)
         # Plain strings in the records: rows are sorted and stored as JSON.
         category = str(self._category[-1] if self._category else _classify(op, self.phase, handed, group_name))
@@ -190,20 +264,47 @@ class CommLedger:
         totals = Totals(count, handed, sent_bytes(op, handed, world), seconds)
         self.records[key].add(totals)
         self.cumulative[(phase, category, op)].add(totals)
+        return key
+
+    def add_seconds(self, key: tuple, seconds: float) -> None:
+        self.records[key].seconds += seconds
+        _, phase, category, op, _, _ = key
+        self.cumulative[(phase, category, op)].seconds += seconds
+
+    def timed(self, key: tuple, start, end) -> None:
+        """Add the clock's seconds from ``start`` to ``end`` to record ``key``: now if they are known,
+        else when ``flush`` finds them complete."""
+        if self.clock.ready(end):
+            self.add_seconds(key, self.clock.seconds(start, end))
+        else:
+            self._pending.append((key, start, end))
+
+    def flush(self, wait: bool = False) -> None:
+        """Resolve the pending marks that have completed (all of them, waiting, with ``wait``)."""
+        pending, self._pending = self._pending, []
+        for key, start, end in pending:
+            if wait or self.clock.ready(end):
+                self.add_seconds(key, self.clock.seconds(start, end))
+            else:
+                self._pending.append((key, start, end))
+
+    @contextlib.contextmanager
+    def waiting(self, op: str, group) -> Iterator[None]:
+        """Time the wait for ``op`` calls issued earlier, counting no call."""
+        start = self.clock.mark()
+        yield
+        self.timed(self.record(op, 0, group, 0.0, count=0), start, self.clock.mark())
 
     def _wrap(self, op: str, method):
         params, handed_arg = _BACKEND_OPS[op]
 
         def recorded(*args, **kwargs):
             bound = {**dict(zip(params, args)), **kwargs}
-            if self._sync_cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
+            start = self.clock.mark()
             out = method(*args, **kwargs)
-            if self._sync_cuda:
-                torch.cuda.synchronize()
+            end = self.clock.mark()
             handed = tensor_bytes(bound.get(handed_arg)) if handed_arg else 0
-            self.record(op, handed, bound.get("group"), time.perf_counter() - start)
+            self.timed(self.record(op, handed, bound.get("group"), 0.0), start, end)
             return out
 
         recorded.__wrapped__ = method
@@ -238,6 +339,7 @@ class CommLedger:
 
     # --- reading -------------------------------------------------------------------------------
     def rows(self) -> list[dict]:
+        self.flush(wait=True)
         out = []
         for (step, phase, category, op, group, layer), t in sorted(self.records.items(), key=lambda kv: str(kv[0])):
             out.append(
@@ -287,8 +389,13 @@ def recomputing() -> Iterator[None]:
         ledger.phase = previous
 
 
-def record_wait(op: str, group, seconds: float) -> None:
-    """Add the seconds spent waiting for asynchronous ``op`` calls (isend/irecv, recorded when they
-    were issued, under the same category) to their record, without counting a call."""
-    if _installed is not None:
-        _installed.record(op, 0, group, seconds, count=0)
+@contextlib.contextmanager
+def waited(op: str, group) -> Iterator[None]:
+    """Add the time spent inside waiting for asynchronous ``op`` calls (isend/irecv, recorded when they
+    were issued, under the same category) to their record, without counting a call (no-op when
+    nothing records)."""
+    if _installed is None:
+        yield
+    else:
+        with _installed.waiting(op, group):
+            yield

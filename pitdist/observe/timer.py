@@ -8,7 +8,9 @@ wait. Everything that shows time (the progress bar and metrics.jsonl, the Promet
 result.json) reads it from here; ``write`` stores it as timing/rank<r>.json.
 
 Wall time on the host (``time.perf_counter``). On CPU that is the time the work took; on a GPU it is
-the time the host spent issuing it unless something synchronises (see the ledger's notes).
+the time the host spent issuing it unless something synchronises. The trainer's step does, once, at its
+end: reading the global loss for the log waits for the device, so a step's total is its device time,
+and the ledger's flush at the end of the step then finds the step's events complete (its notes: Time).
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ class StepTimer:
             self._last_end = end
             self._current = None
             self.steps.append(record)
+            if self.ledger is not None:
+                self.ledger.flush()  # the step's collective times that are known by now, without waiting
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:

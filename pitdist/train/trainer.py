@@ -21,12 +21,12 @@ from pitdist.data.registry import split_dataset
 from pitdist.data.sharding import BatchSchedule
 from pitdist.distributed import comm
 from pitdist.distributed.mesh import Mesh
-from pitdist.distributed.parallelize import consolidated_state_dict, gradient_elements, parallelize
+from pitdist.distributed.parallelize import consolidated_state_dict, gradient_elements, overlaps_ulysses, parallelize
 from pitdist.models.pit import build_model
 from pitdist.observe.categories import Category, Phase
 from pitdist.observe.crosscheck import C10dCounter, comms_logger_totals, reset_comms_logger
 from pitdist.observe.flops import flops_per_image
-from pitdist.observe.ledger import CommLedger
+from pitdist.observe.ledger import CommLedger, clock_for
 from pitdist.observe.prometheus import metrics_exporter
 from pitdist.observe.timer import StepTimer
 from pitdist.train.batches import LocalBatches, StreamedBatches
@@ -91,7 +91,7 @@ def train(
     ``data_stream`` = (this worker's Ray Data shard, rows in the training split) selects the streamed
     loader; ``checkpoints`` decides where checkpoints go (default: the run directory).
     """
-    ledger = CommLedger(mesh.rank)
+    ledger = CommLedger(mesh.rank, clock_for(device.type, sync=cfg.metrics.ledger_sync))
     id_log = IdLog(run_dir, mesh.rank)
     run = None
     try:
@@ -126,9 +126,9 @@ def setup(
         ledger.name_groups(mesh)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = build_model(cfg.model, train_data.image_shape, train_data.num_classes)
-    model = parallelize(model, mesh, cfg.model, cfg.train.activation_checkpointing, cfg.train.selective_every).to(
-        device
-    )
+    policy = cfg.train.activation_checkpointing
+    overlap = overlaps_ulysses(cfg.parallel.overlap_comm, device.type, mesh.dims, policy)
+    model = parallelize(model, mesh, cfg.model, policy, cfg.train.selective_every, overlap).to(device)
     if cfg.metrics.ledger:
         ledger.watch_layers(model.blocks)
     engine = build_engine(model, cfg, mesh, dtype)

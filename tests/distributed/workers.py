@@ -69,6 +69,7 @@ def one_step_versus_single_device(
     model: tuple[str, ...] = (),
     pools: tuple[str, ...] = ("mean",),
     exact: bool = False,
+    overlap: bool = False,
 ) -> list[dict]:
     """Forward + backward of one batch through the DeepSpeed engine on a DP x SP mesh (SP = Ulysses
     sp / ring x ring attention over ``ring`` ranks), for images of shape ``image`` (any token count:
@@ -82,6 +83,7 @@ def one_step_versus_single_device(
 
     Returns, per PE variant and pool, the largest relative differences of logits, loss and every
     parameter gradient from the plain model run on the whole global batch in this very process.
+    ``overlap``: Ulysses with pipelined exchanges (pitdist.distributed.ulysses_overlap).
     """
     mesh = Mesh(ParallelDims(dp, sp, ring))
     gen = torch.Generator().manual_seed(1234)
@@ -91,7 +93,7 @@ def one_step_versus_single_device(
     for pool in pools:
         for pos_embed, shard in variants:
             cfg = sp_test_config(pos_embed, shard, dp, sp, ring=ring, model=(*model, "--model.pool", pool))
-            diffs = _one_step_diffs(cfg, mesh, image, pixels, labels, exact)
+            diffs = _one_step_diffs(cfg, mesh, image, pixels, labels, exact, overlap)
             report.append({"variant": f"{pos_embed}{' sharded' if shard else ''}", "pool": pool, "diffs": diffs})
     return report
 
@@ -123,11 +125,11 @@ class _SummedOverSP:
                 comm.all_reduce_(p.grad, self.mesh.sp_group, category="test")
 
 
-def _one_step_diffs(cfg, mesh: Mesh, image, pixels, labels, exact: bool = False) -> dict[str, float]:
+def _one_step_diffs(cfg, mesh: Mesh, image, pixels, labels, exact: bool = False, overlap: bool = False):
     dtype = torch.float64 if exact else torch.float32
     torch.manual_seed(0)
     reference = build_model(cfg.model, image, CLASSES).to(dtype)
-    model = parallelize(copy.deepcopy(reference), mesh, cfg.model)
+    model = parallelize(copy.deepcopy(reference), mesh, cfg.model, overlap=overlap)
     engine = _SummedOverSP(model, mesh) if exact else build_engine(model, cfg, mesh, torch.float32)
 
     ref_logits = reference(pixels_to_tokens(pixels, cfg.model.patch_size).to(dtype))
@@ -354,3 +356,23 @@ def saved_bytes_padded_versus_divisible(
         out[name] = counter.summary()["saved_bytes"]
         out[f"{name} slots"] = mesh.token_shards(model.num_tokens, cls=model.cls_token is not None).shard
     return out
+
+
+def overlapped_comm_runs(rank: int, out_dir: str, overrides: tuple[str, ...]) -> dict:
+    """comm_runs (Q = 1, P = 2, ZeRO 0, every PE variant) with Ulysses' exchanges pipelined as on a GPU:
+    the trainer's device gate is the one thing opened here (there is no CUDA device). Also returns how
+    many exchanges the pipeline started, to show every all-to-all went through it."""
+    import pitdist.distributed.ulysses_overlap as overlap
+    import pitdist.train.trainer as trainer
+
+    trainer.overlaps_ulysses = lambda *args: True
+    started = [0]
+    start = overlap._start
+
+    def counted(x, group):
+        started[0] += 1
+        return start(x, group)
+
+    overlap._start = counted
+    run_dirs = comm_runs(rank, 1, 2, 0, ["none", "learned", "learned-sharded"], out_dir, 1, overrides)
+    return {"run_dirs": run_dirs, "started": started[0]}

@@ -68,6 +68,48 @@ def test_tiny_grid_trains_every_cell_for_every_seed_at_the_same_budget(pitdist_c
     assert (tmp_path / "again.png").read_bytes()[:8] == PNG
 
 
+@pytest.mark.slow
+def test_a_cut_grid_resumes_keeping_its_finished_runs_and_every_cell_scores_on_the_val_dataset(pitdist_cli, tmp_path):
+    out = tmp_path / "acc.json"
+    common = ["--dataset", "synthetic:8x8x1:64", "--val-dataset", "synthetic:8x8x1:40", "--patches", "1,4"]
+    common += ["--pe", "none", "--batch-size", "8", "--model.depth", "1", "--out", str(out)]
+    pitdist_cli("bench", "accuracy", *common, "--steps", "2", "--seeds", "0", timeout=300, check=True)
+    first = json.loads(out.read_text())
+    # All 64 images train; all 40 of the val dataset score, the same images for every seed.
+    assert first["train_images_available"] == 64 and first["val_images"] == 40
+    assert first["val_dataset"] == "synthetic:8x8x1:40" and len(first["runs"]) == 2
+
+    proc = pitdist_cli(
+        "bench", "accuracy", *common, "--steps", "2", "--seeds", "0,1", "--resume", timeout=300, check=True
+    )
+    resumed = json.loads(out.read_text())
+    assert "2 kept from the earlier grid" in proc.stderr
+    assert resumed["complete"] and len(resumed["runs"]) == 4
+    assert resumed["runs"][:2] == first["runs"]  # kept as they were, not trained again
+    assert [r["seed"] for r in resumed["runs"]] == [0, 0, 1, 1]
+
+    refused = pitdist_cli("bench", "accuracy", *common, "--steps", "3", "--seeds", "0,1", "--resume", timeout=120)
+    assert refused.returncode == 2 and "measured budget" in refused.stderr
+    assert json.loads(out.read_text()) == resumed  # nothing lost or rewritten
+
+
+def test_a_val_dataset_of_other_images_is_refused_before_training(pitdist_cli, tmp_path):
+    out = tmp_path / "acc.json"
+    proc = pitdist_cli(
+        "bench", "accuracy", "--dataset", "synthetic:8x8x1:32", "--val-dataset", "synthetic:4x4x1:8",
+        "--out", str(out), timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "data.val_dataset" in proc.stderr and "do not match" in proc.stderr
+    assert not out.exists()
+
+
+def test_resuming_a_grid_that_does_not_exist_is_refused(pitdist_cli, tmp_path):
+    out = tmp_path / "none.json"
+    args = ["--dataset", "synthetic:8x8x1:64", "--patches", "1,2", "--batch-size", "8", "--resume"]
+    proc = pitdist_cli("bench", "accuracy", *args, "--out", str(out), timeout=120)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and not out.exists()
+
+
 def test_a_patch_that_does_not_divide_the_image_is_refused_before_training(pitdist_cli, tmp_path):
     out = tmp_path / "acc.json"
     proc = pitdist_cli(
