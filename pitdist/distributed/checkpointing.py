@@ -20,6 +20,12 @@ What each keeps, in D-vectors per token and layer (pitdist.report.memory_model d
 about 16, selective (k = 2) 8.5, local 5, full 1; backward holds one recomputed block (local: one
 stage) at a time on top.
 
+Offload (``train.checkpoint_offload``, for GPUs): what a checkpointed unit keeps, its inputs, is packed
+into host memory (pinned, so the copies run asynchronously) and copied back when backward recomputes
+the unit: torch.autograd.graph.save_on_cpu around the checkpoint, whose saved inputs are the only
+tensors that go through those hooks (the recompute's own intermediates are the checkpoint's). Only
+what checkpointing keeps moves; blocks that are not checkpointed keep their tensors on the device.
+
 Everything goes through torch.utils.checkpoint, non-reentrant (what DeepSpeed's ZeRO gradient hooks
 and torch's own guidance need), applied through the model's ``run_block`` / ``run_stage`` slots so
 parameter names, state dicts and checkpoints are those of the plain model. Each recompute runs inside
@@ -45,10 +51,21 @@ def _recompute_in_its_phase() -> tuple[contextlib.AbstractContextManager, contex
     return contextlib.nullcontext(), recomputing()
 
 
-def run_checkpointed(stage: Callable[..., Any], *inputs: Any) -> Any:
-    """A ``run`` slot's (stage, *inputs) -> stage(*inputs) that keeps only ``inputs`` for backward and
-    recomputes ``stage`` there."""
-    return checkpoint(stage, *inputs, use_reentrant=False, context_fn=_recompute_in_its_phase)
+def offload_to_host() -> contextlib.AbstractContextManager:
+    """Tensors saved inside are kept in host memory and copied back for backward (module docstring)."""
+    return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
+
+
+class Checkpointed:
+    """A ``run`` slot's (stage, *inputs) -> stage(*inputs) that keeps only ``inputs`` for backward (in
+    host memory with ``offload``) and recomputes ``stage`` there."""
+
+    def __init__(self, offload: bool = False):
+        self.offload = offload
+
+    def __call__(self, stage: Callable[..., Any], *inputs: Any) -> Any:
+        with offload_to_host() if self.offload else contextlib.nullcontext():
+            return checkpoint(stage, *inputs, use_reentrant=False, context_fn=_recompute_in_its_phase)
 
 
 class _Chosen:
@@ -56,32 +73,34 @@ class _Chosen:
 
     It holds the blocks themselves (not their ids), so a deep copy of the model copies the choice too."""
 
-    def __init__(self, chosen: list[nn.Module]):
-        self.chosen = chosen
+    def __init__(self, chosen: list[nn.Module], run: Checkpointed):
+        self.chosen, self.run = chosen, run
 
     def __call__(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return run_checkpointed(block, x) if any(block is c for c in self.chosen) else block(x)
+        return self.run(block, x) if any(block is c for c in self.chosen) else block(x)
 
 
 class Recomputed(nn.Module):
     """A module (the local attention kernel under Ulysses) checkpointed as a whole."""
 
-    def __init__(self, inner: nn.Module):
+    def __init__(self, inner: nn.Module, offload: bool = False):
         super().__init__()
-        self.inner = inner
+        self.inner, self.run = inner, Checkpointed(offload)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return run_checkpointed(self.inner, *inputs)
+        return self.run(self.inner, *inputs)
 
 
-def apply_activation_checkpointing(model: PiT, policy: str, every: int = 2) -> PiT:
-    """Make ``model`` keep less for backward under ``policy``; called once, by parallelize (which also
-    wraps the local attention kernel in ``Recomputed`` for ``local``, where it knows the kernel is local)."""
+def apply_activation_checkpointing(model: PiT, policy: str, every: int = 2, offload: bool = False) -> PiT:
+    """Make ``model`` keep less for backward under ``policy`` (in host memory with ``offload``); called
+    once, by parallelize (which also wraps the local attention kernel in ``Recomputed`` for ``local``,
+    where it knows the kernel is local)."""
     if policy not in ACTIVATION_CHECKPOINTING:
         raise ValueError(f"activation checkpointing {policy!r}: choose one of {', '.join(ACTIVATION_CHECKPOINTING)}")
+    run = Checkpointed(offload)
     if policy in ("full", "selective"):
-        model.run_block = _Chosen([model.blocks[i] for i in checkpointed_blocks(len(model.blocks), policy, every)])
+        model.run_block = _Chosen([model.blocks[i] for i in checkpointed_blocks(len(model.blocks), policy, every)], run)
     elif policy == "local":
         for block in model.blocks:
-            block.run_stage = run_checkpointed
+            block.run_stage = run
     return model

@@ -122,10 +122,12 @@ def parallelize(
     activation_checkpointing: str = "none",
     selective_every: int = 2,
     overlap: bool = False,
+    offload: bool = False,
 ) -> PiT:
     """Make ``model`` compute, on this rank's token slice, its share of the single-device result,
     keeping for backward what ``activation_checkpointing`` keeps (train.activation_checkpointing and
-    train.selective_every); ``overlap`` pipelines Ulysses' exchanges (``overlaps_ulysses`` decides)."""
+    train.selective_every), in host memory with ``offload`` (train.checkpoint_offload); ``overlap``
+    pipelines Ulysses' exchanges (``overlaps_ulysses`` decides)."""
     shards = mesh.token_shards(model.num_tokens, cls=model.cls_token is not None)
     # Real keys of the consecutive slots each attention kernel sees: Ulysses alone, all P*S slots;
     # a ring (or hybrid), the U*S slots of each ring rank's Ulysses group.
@@ -138,7 +140,7 @@ def parallelize(
         if mesh.ring == 1 and shards.padding:
             inner = KeyPrefix(inner, block_keys[0])
         if activation_checkpointing == "local" and mesh.ring == 1:
-            inner = Recomputed(inner)  # purely local between the all-to-alls: recompute it too
+            inner = Recomputed(inner, offload)  # purely local between the all-to-alls: recompute it too
         if mesh.ring > 1:
             inner = RingAttention(mesh.ring_group, block_keys if shards.padding else None)
         if mesh.ulysses > 1:
@@ -159,7 +161,7 @@ def parallelize(
         table = F.pad(model.pos_embed.weight.detach(), (0, 0, 0, shards.padded - model.num_tokens))
         sharded_pe.register_groups(mesh)
         model.pos_embed = sharded_pe.ShardedLearnedPosEmbed(table[first : first + shards.shard], first, mesh.sp)
-    return apply_activation_checkpointing(model, activation_checkpointing, selective_every)
+    return apply_activation_checkpointing(model, activation_checkpointing, selective_every, offload)
 
 
 def consolidated_state_dict(model: PiT, mesh: Mesh) -> dict[str, torch.Tensor]:

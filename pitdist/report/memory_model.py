@@ -24,6 +24,11 @@ recomputed unit holds on top while backward goes through it (the peak is their s
                all-to-all's are two tensors); the largest stage, project_out: 2 + 2r + 2/D (+1 under
                a ring alone, whose output it lays out again)
 
+With offload (train.checkpoint_offload) the checkpointed units' inputs live in host memory: full and
+selective keep 1 per checkpointed block there, local its stages' inputs (x, q, k, v, attention output:
+5; under a ring only x, since the ring's own autograd function keeps q, k, v and its output on the
+device). Backward copies one unit's input back while it recomputes it: +1 on the unit.
+
 Outside the blocks: the embedding's input (C per token), the final norm's input and statistics
 (1 + 2/D) and the pooled features (b * D elements). Measured on this machine (hooks, fp32) these
 match to within a few per cent (tests/distributed/test_checkpointing.py); the attention kernel keeps
@@ -42,8 +47,9 @@ from pitdist.parallel_dims import TokenShards
 class ActivationMemory:
     """Bytes of activations one rank keeps for backward, in one step."""
 
-    held: float  # when the forward ends: what every layer keeps, plus the rest of the model
+    held: float  # on the device when the forward ends: what every layer keeps, plus the rest of the model
     recompute: float  # on top, during backward: the largest unit recomputed at a time
+    host: float = 0.0  # in host memory (offloaded checkpoint inputs)
 
     @property
     def peak(self) -> float:
@@ -66,23 +72,31 @@ def activation_memory(
     images: int = 1,
     selective_every: int = 2,
     bytes_per_element: int = 4,
+    offload: bool = False,
 ) -> ActivationMemory:
-    """What one rank keeps for ``images`` images of which it holds ``tokens_per_rank`` tokens each."""
+    """What one rank keeps for ``images`` images of which it holds ``tokens_per_rank`` tokens each
+    (``offload``: the checkpointed inputs in host memory)."""
     d, h, r, layers = model.width, model.num_heads, model.mlp_ratio, model.num_layers
     block = block_vectors(model, sp)
     if policy == "local":
         hybrid = ring > 1 and sp > ring
         per_layer = layers * (5 + (h / d if ring > 1 else 0) + (1 if hybrid else 0))
         unit = 2 + 2 * r + 2 / d + (1 if ring > 1 and not hybrid else 0)
+        moved = layers * (1 if ring > 1 else 5)
     else:
         c = len(checkpointed_blocks(layers, policy, selective_every))
         per_layer = c * 1 + (layers - c) * block
         unit = block - 1 if c else 0.0
+        moved = c
+    if not offload or policy == "none":
+        moved = 0
+    unit += 1 if moved else 0  # the recomputed unit's input, copied back from the host
     outside = 1 + (channels + 2) / d
     scale = images * tokens_per_rank * d * bytes_per_element
     return ActivationMemory(
-        held=(per_layer + outside) * scale + images * d * bytes_per_element,
+        held=(per_layer - moved + outside) * scale + images * d * bytes_per_element,
         recompute=unit * scale,
+        host=moved * scale,
     )
 
 

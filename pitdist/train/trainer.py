@@ -35,7 +35,7 @@ from pitdist.train.engine import build_engine, resolve_dtype
 from pitdist.train.evaluate import evaluate
 from pitdist.train.step import train_step
 from pitdist.train.step_log import StepLog
-from pitdist.train.validate import validate_mesh
+from pitdist.train.validate import check_offload, validate_mesh
 
 
 @dataclass
@@ -120,6 +120,7 @@ def setup(
 ) -> Run:
     train_data, val_data = split_dataset(cfg)
     validate_mesh(cfg, train_data.image_shape, world_size=mesh.world_size)
+    check_offload(cfg, device.type)
     dtype = resolve_dtype(cfg.train.dtype, device)
     if cfg.metrics.ledger:
         ledger.install()
@@ -128,7 +129,8 @@ def setup(
     model = build_model(cfg.model, train_data.image_shape, train_data.num_classes)
     policy = cfg.train.activation_checkpointing
     overlap = overlaps_ulysses(cfg.parallel.overlap_comm, device.type, mesh.dims, policy)
-    model = parallelize(model, mesh, cfg.model, policy, cfg.train.selective_every, overlap).to(device)
+    offload = cfg.train.checkpoint_offload
+    model = parallelize(model, mesh, cfg.model, policy, cfg.train.selective_every, overlap, offload).to(device)
     if cfg.metrics.ledger:
         ledger.watch_layers(model.blocks)
     engine = build_engine(model, cfg, mesh, dtype)
