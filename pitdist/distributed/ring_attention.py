@@ -22,6 +22,10 @@ Bytes per layer and rank, with m = one K+V block (2 * b * tokens * heads * head_
 R - 1 sends of m; backward R - 1 sends of K+V and R of the dK+dV accumulators: (3R - 2) * m in all
 (pitdist.report.comm_model). Every send goes through pitdist.distributed.comm.ring_shift, tagged
 ``attention_ring`` for the ledger.
+
+Each block is attended to by a fused kernel where one takes it (pitdist.distributed.ring_kernels: torch's
+flash kernel on CPU, FlashAttention-2 or the memory-efficient kernel on CUDA, plain matrix products
+otherwise); the kernels take the block in the input dtype, the merge runs in fp32 (float64 for float64).
 """
 
 from __future__ import annotations
@@ -31,56 +35,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from pitdist.distributed import comm
+from pitdist.distributed.ring_kernels import (
+    accumulator_dtype,
+    attend_block,
+    attend_block_backward,
+    attend_block_backward_math,
+    attend_block_math,
+)
 from pitdist.observe.categories import Category
 
 CATEGORY = Category.ATTENTION_RING
 
-
-# --- one block: [b, h, s, d] layout, log-sum-exp in fp32 ------------------------------------------
-
-
-def attend_block(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax attention of q to one key/value block: (out [b, h, s_q, d], lse [b, h, s_q] fp32)."""
-    if q.device.type == "cpu":
-        # The memory-efficient kernel scaled_dot_product_attention itself runs on CPU, asked for its
-        # log-sum-exp: memory grows with the block, not with its square.
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
-        return out, lse.to(_accumulator(q))
-    return attend_block_math(q, k, v)
+# One block's kernels live in ring_kernels; their names stay importable from here.
+__all__ = [
+    "CATEGORY",
+    "RingAttention",
+    "attend_block",
+    "attend_block_backward",
+    "attend_block_backward_math",
+    "attend_block_math",
+    "merge",
+]
 
 
-def attend_block_backward(
-    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) of one block, given the FINAL output and log-sum-exp over all blocks."""
-    if q.device.type == "cpu":
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            grad_out, q, k, v, out, lse, 0.0, False
-        )
-    return attend_block_backward_math(grad_out, q, k, v, out, lse)
-
-
-def attend_block_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same in plain matrix products (any device; memory grows with s_q * s_k)."""
-    scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
-    lse = scores.logsumexp(dim=-1)
-    return (torch.exp(scores - lse[..., None]) @ v.float()).to(q.dtype), lse
-
-
-def attend_block_backward_math(grad_out, q, k, v, out, lse):
-    scale = q.shape[-1] ** -0.5
-    g, q32, k32, v32 = grad_out.float(), q.float(), k.float(), v.float()
-    p = torch.exp((q32 @ k32.transpose(-1, -2)) * scale - lse[..., None])
-    dv = p.transpose(-1, -2) @ g
-    ds = p * (g @ v32.transpose(-1, -2) - (g * out.float()).sum(dim=-1, keepdim=True))
-    dq = (ds @ k32) * scale
-    dk = (ds.transpose(-1, -2) @ q32) * scale
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
-
-
-def _accumulator(t: torch.Tensor) -> torch.dtype:
-    """The merge's dtype: fp32 for fp32 and narrower inputs, float64 for float64 (the exactness tests)."""
-    return torch.promote_types(t.dtype, torch.float32)
+# --- merging blocks: [b, h, s, d] layout, log-sum-exp in the accumulator dtype ----------------------
 
 
 def merge(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tensor, block_lse: torch.Tensor):
@@ -106,7 +84,7 @@ class _RingAttention(torch.autograd.Function):
             if keys:
                 block_out, block_lse = attend_block(q, kv[0, :, :, :keys], kv[1, :, :, :keys])
                 if out is None:
-                    out, lse = block_out.to(_accumulator(q)), block_lse
+                    out, lse = block_out.to(accumulator_dtype(q)), block_lse
                 else:
                     out, lse = merge(out, lse, block_out, block_lse)
             if shift is not None:
@@ -124,7 +102,7 @@ class _RingAttention(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         kv = torch.stack((k, v))
         slots = kv.shape[3]
-        dq = torch.zeros_like(q, dtype=_accumulator(q))
+        dq = torch.zeros_like(q, dtype=accumulator_dtype(q))
         dkv = dkv_shift = None
         for step in range(world):
             kv_shift = comm.ring_shift(kv, group, category=CATEGORY) if step + 1 < world else None
