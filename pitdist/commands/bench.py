@@ -12,7 +12,7 @@ from pitdist.bench import BENCHMARKS
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
-        help=f"benchmarks ({', '.join(BENCHMARKS)})",
+        help=f"benchmarks ({', '.join(b.replace('_', '-') for b in BENCHMARKS)})",
         description="Benchmarks measured with real ranks on this machine.",
     )
     subs = p.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
@@ -22,4 +22,5 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace, rest: list[str]) -> int:
-    return importlib.import_module(f"pitdist.bench.{args.bench_command}").main(args, rest)
+    # Module names use "_" where command names use "-" (gpu-check is pitdist.bench.gpu_check).
+    return importlib.import_module(f"pitdist.bench.{args.bench_command.replace('-', '_')}").main(args, rest)
