@@ -13,7 +13,7 @@ TRAIN_EPILOG = textwrap.dedent(
     """\
     Any setting of the job file can be overridden as --SECTION.KEY VALUE, for example
       --model.pos_embed none   --model.size tiny   --train.steps 50   --parallel.zero_stage 2
-    Sections: model, data, parallel, optim, train (see pitdist/config.py for every key).
+    Sections: model, data, parallel, optim, train, metrics (see pitdist/config.py for every key).
 
     Examples
       pitdist train                                  # the default job ({job}), on an embedded Ray cluster
