@@ -274,19 +274,19 @@ class CommLedger:
     def timed(self, key: tuple, start, end) -> None:
         """Add the clock's seconds from ``start`` to ``end`` to record ``key``: now if they are known,
         else when ``flush`` finds them complete."""
-        if self.clock.ready(end):
-            self.add_seconds(key, self.clock.seconds(start, end))
-        else:
+        if not self._settled((key, start, end), wait=False):
             self._pending.append((key, start, end))
 
     def flush(self, wait: bool = False) -> None:
         """Resolve the pending marks that have completed (all of them, waiting, with ``wait``)."""
-        pending, self._pending = self._pending, []
-        for key, start, end in pending:
-            if wait or self.clock.ready(end):
-                self.add_seconds(key, self.clock.seconds(start, end))
-            else:
-                self._pending.append((key, start, end))
+        self._pending = [mark for mark in self._pending if not self._settled(mark, wait)]
+
+    def _settled(self, mark: tuple, wait: bool) -> bool:
+        key, start, end = mark
+        if not (wait or self.clock.ready(end)):
+            return False
+        self.add_seconds(key, self.clock.seconds(start, end))
+        return True
 
     @contextlib.contextmanager
     def waiting(self, op: str, group) -> Iterator[None]:

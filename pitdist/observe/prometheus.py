@@ -71,8 +71,17 @@ COMM_LABELS = ("category", "phase", "collective")
 BIND_RETRY_S = 10.0
 
 # Dense bf16 tensor-core peaks (TFLOP/s, vendors' data sheets) by device-name substring, first match
-# wins; V100 has no bf16, its fp16 peak is given. Anything else needs metrics.peak_tflops.
-GPU_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0), ("V100", 125.0))
+# wins (so "H200" before "H20"); V100 has no bf16, its fp16 peak is given. Anything else needs
+# metrics.peak_tflops.
+GPU_PEAK_TFLOPS = (
+    ("B200", 2250.0),
+    ("H200", 989.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("H20", 148.0),
+    ("A100", 312.0),
+    ("V100", 125.0),
+)
 
 
 class ExporterError(RuntimeError):
@@ -96,9 +105,14 @@ def peak_flops(cfg: JobConfig, device: torch.device) -> float | None:
     if cfg.metrics.peak_tflops:
         return cfg.metrics.peak_tflops * 1e12
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return next((tflops * 1e12 for key, tflops in GPU_PEAK_TFLOPS if key in name), None)
+        known = known_peak_tflops(torch.cuda.get_device_name(device))
+        return known * 1e12 if known else None
     return None
+
+
+def known_peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of a GPU named ``device_name`` (GPU_PEAK_TFLOPS), None for one not listed."""
+    return next((tflops for key, tflops in GPU_PEAK_TFLOPS if key in device_name), None)
 
 
 def advertised_host(host: str) -> str:

@@ -200,3 +200,13 @@ def test_model_label_names_overridden_shapes():
     assert model_label(load_config(None, []).model) == "nano"
     assert model_label(load_config(None, ["--model.dim", "96"]).model) == "nano-d96-l4-h4"
     assert model_label(load_config(None, ["--model.patch_size", "4"]).model) == "nano-p4"
+
+
+def test_known_gpus_get_their_own_peak_and_unknown_ones_none():
+    # torch.cuda.get_device_name spellings; "H20" is a substring of "H200", so the order matters.
+    assert prometheus.known_peak_tflops("NVIDIA H200") == 989.0
+    assert prometheus.known_peak_tflops("NVIDIA H20") == 148.0
+    assert prometheus.known_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert prometheus.known_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert prometheus.known_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert prometheus.known_peak_tflops("NVIDIA GeForce RTX 4090") is None

@@ -28,9 +28,6 @@ DEFAULT_TOTAL_S = {"gpu": 420.0, "cpu": 300.0}
 GRACE = 1.25  # a section is stopped (SIGALRM) at GRACE x its budget + 10 s: planned to end well before
 RESERVE_S = 5.0  # kept back from the accuracy section for the summary and the last JSON
 
-# Dense bf16 peaks of GPUs that pitdist.observe.prometheus.peak_flops does not know (yet).
-EXTRA_PEAK_TFLOPS = (("H200", 989.0), ("H20", 148.0), ("B200", 2250.0))
-
 GIB = 1024**3
 NUM_CLASSES = 10
 

@@ -15,7 +15,7 @@ from pitdist.bench.gpu_check.harness import (
     process_group,
     synchronize,
 )
-from pitdist.bench.gpu_check.plan import EXTRA_PEAK_TFLOPS, NUM_CLASSES
+from pitdist.bench.gpu_check.plan import NUM_CLASSES
 
 # --- 4. TFLOP/s, MFU and memory ---------------------------------------------------------------------------------
 
@@ -27,14 +27,7 @@ def peak_tflops(cfg, device) -> tuple[float | None, str]:
     known = peak_flops(cfg, device)
     if known:
         return known / 1e12, "metrics.peak_tflops or pitdist.observe.prometheus.GPU_PEAK_TFLOPS"
-    if device.type == "cuda":
-        import torch
-
-        name = torch.cuda.get_device_name(device)
-        for key, tflops in EXTRA_PEAK_TFLOPS:
-            if key in name:
-                return tflops, f"bf16 dense peak of the {key} (vendor data sheet)"
-    return None, "unknown (no MFU)"
+    return None, "unknown (no MFU): set metrics.peak_tflops"
 
 
 def recompute_factor(policy: str, depth: int, every: int) -> float:
