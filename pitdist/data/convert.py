@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +29,20 @@ FASHION_MNIST_CLASSES = [
     "Bag",
     "Ankle boot",
 ]
-SOURCES = ("digits", "fashion-mnist", "idx", "imagefolder", "hf-disk")
+SOURCES = ("digits", "fashion-mnist", "idx", "imagefolder", "hf-disk", "parquet")
 CHUNK = 4096
 
 
 @dataclass
 class Source:
+    """``chunks()`` yields (labels, pixels) or, where the source has its own ids, (labels, pixels, ids)."""
+
     shape: tuple[int, int, int]
     class_names: list[str]
-    num_rows: int
-    chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
+    num_rows: int  # rows in the source, bad rows included (the progress bar's total)
+    chunks: Callable[[], Iterator[tuple[np.ndarray, ...]]]
     description: str
+    skipped: list = field(default_factory=list)  # rows a source left out (pitdist.data.parquet.BadRow)
 
 
 # --- idx (MNIST / Fashion-MNIST) ----------------------------------------------------------------------
@@ -247,6 +250,28 @@ def hf_disk_source(directory: str | os.PathLike, split: str, image_column, label
     return hf_source(ds, f"hf-disk {directory}", image_column, label_column)
 
 
+# --- Parquet with encoded images (Hugging Face layout) ---------------------------------------------------
+
+
+def parquet_source(path: str, image_column, label_column, shape=None, bad_rows: str = "fail") -> Source:
+    """Parquet files of PNG/JPEG bytes (pitdist.data.parquet); ids are the rows' positions in the files, so
+    a converted copy keeps the ids a run streaming the same files would see."""
+    from pitdist.data.arrow import table_to_numpy
+    from pitdist.data.parquet import iter_decoded, open_parquet_images
+
+    images = open_parquet_images(
+        path, image_column=image_column, label_column=label_column, shape=shape, resize=shape is not None
+    )
+    skipped: list = []
+
+    def chunks():
+        for batch in iter_decoded(images, bad_rows, CHUNK, found=skipped):
+            pixels, ids, labels = table_to_numpy(batch, images.shape)
+            yield labels, pixels, ids
+
+    return Source(images.shape, list(images.class_names), images.num_rows, chunks, images.description, skipped)
+
+
 def make_source(
     kind: str,
     path: str | None,
@@ -254,6 +279,8 @@ def make_source(
     image_column=None,
     label_column=None,
     class_names: list[str] | None = None,
+    shape: tuple[int, int, int] | None = None,
+    bad_rows: str = "fail",
 ) -> Source:
     if kind == "digits":
         return digits_source()
@@ -267,6 +294,8 @@ def make_source(
         return imagefolder_source(path, split or "train", image_column, label_column)
     if kind == "hf-disk":
         return hf_disk_source(path, split or "train", image_column, label_column)
+    if kind == "parquet":
+        return parquet_source(path, image_column, label_column, shape, bad_rows)
     raise DataError(f"unknown source '{kind}'; choose one of {', '.join(SOURCES)}")
 
 
@@ -288,15 +317,15 @@ def convert(
         writer,
         tqdm(total=source.num_rows, unit="img", desc=f"convert -> {Path(out).name}", disable=not progress) as bar,
     ):
-        for labels, pixels in source.chunks():
+        for labels, pixels, *ids in source.chunks():
             bad = np.flatnonzero((labels < 0) | (labels >= len(source.class_names)))
             if bad.size:
                 raise DataError(
                     f"{source.description}: image {writer.num_rows + int(bad[0])} has label {labels[bad[0]]}, "
                     f"outside the {len(source.class_names)} classes"
                 )
-            writer.write(labels, pixels)
-            bar.update(len(labels))
+            writer.write(labels, pixels, ids[0] if ids else None)
+            bar.update(writer.num_rows + len(source.skipped) - bar.n)  # skipped rows count as read
         return writer.close()
 
 
@@ -305,6 +334,11 @@ def convert(
 
 def inspect(path: str | os.PathLike, grid: str | os.PathLike | None, count: int = 16) -> str:
     """A text summary of a dataset (schema, counts, label histogram); writes a PNG grid of ``count`` images."""
+    from pitdist.data.arrow import is_arrow_dataset
+    from pitdist.data.parquet import is_parquet_source
+
+    if not is_arrow_dataset(path) and is_parquet_source(path):
+        return inspect_parquet(path, grid, count)
     ds = open_arrow_dataset(path)
     h, w, c = ds.shape
     lines = [
@@ -323,18 +357,57 @@ def inspect(path: str | os.PathLike, grid: str | os.PathLike | None, count: int 
         f"    {s['file']}: {s['rows']} rows, {s['bytes']} bytes, sha256 {s['sha256'][:16]}..."
         for s in ds.manifest["shards"]
     ]
-    hist = np.bincount(ds.labels, minlength=len(ds.class_names))
-    lines.append("  labels:")
-    width = max(len(n) for n in ds.class_names)
-    lines += [
-        f"    {i:3d} {name:<{width}} {n:8d} {'#' * int(round(40 * n / max(hist.max(), 1)))}"
-        for i, (name, n) in enumerate(zip(ds.class_names, hist))
-    ]
+    lines += _histogram(np.bincount(ds.labels, minlength=len(ds.class_names)), ds.class_names)
     lines.append(f"  ids {int(ds.ids.min())}..{int(ds.ids.max())}")
     if grid:
         _write_grid(ds, Path(grid), count)
         lines.append(f"wrote {grid}")
     return "\n".join(lines)
+
+
+def inspect_parquet(path: str | os.PathLike, grid: str | os.PathLike | None, count: int = 16) -> str:
+    """``inspect`` for Parquet files of encoded images: what a run would stream from them, undecoded
+    (the grid decodes its first ``count`` images)."""
+    import pyarrow.parquet as pq
+
+    from pitdist.data.parquet import label_counts, open_parquet_images
+
+    images = open_parquet_images(path)
+    h, w, c = images.shape
+    lines = [
+        f"parquet images {images.description}",
+        f"  {images.num_rows} images in {len(images.files)} files, decoded to {h}x{w}x{c} (HxWxC) uint8 "
+        f"(the first image's shape), {len(images.class_names)} classes; "
+        f"image column '{images.image_column}', label column '{images.label_column}'",
+        "  schema:",
+    ]
+    lines += [f"    {f.name}: {f.type}" for f in pq.ParquetFile(images.files[0]).schema_arrow]
+    lines.append("  files:")
+    lines += [
+        f"    {Path(f).name}: {n} rows, ids {first}..{first + n - 1}"
+        for f, n, first in zip(images.files, images.rows, images.first_ids)
+    ]
+    lines += _histogram(label_counts(images), list(images.class_names))
+    if grid:
+        from types import SimpleNamespace
+
+        from pitdist.data.arrow import table_to_numpy
+        from pitdist.data.parquet import iter_decoded
+
+        pixels, ids, labels = table_to_numpy(next(iter_decoded(images, "skip", batch_size=count)), images.shape)
+        _write_grid(
+            SimpleNamespace(pixels=pixels, ids=ids, labels=labels, class_names=images.class_names), Path(grid), count
+        )
+        lines.append(f"wrote {grid}")
+    return "\n".join(lines)
+
+
+def _histogram(hist: np.ndarray, class_names: list[str]) -> list[str]:
+    width = max(len(n) for n in class_names)
+    return ["  labels:"] + [
+        f"    {i:3d} {name:<{width}} {n:8d} {'#' * int(round(40 * n / max(hist.max(), 1)))}"
+        for i, (name, n) in enumerate(zip(class_names, hist))
+    ]
 
 
 def _write_grid(ds, out: Path, count: int) -> None:
