@@ -29,6 +29,15 @@ class ConfigError(ValueError):
     """A setting is unknown, mistyped or impossible. The message names it and the fix."""
 
 
+def parse_hwc(text: str) -> tuple[int, int, int] | None:
+    """``HxWxC`` (C = 1 or 3, sides >= 1) as three integers, else None."""
+    try:
+        h, w, c = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        return None
+    return (h, w, c) if min(h, w) >= 1 and c in (1, 3) else None
+
+
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
@@ -110,7 +119,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # "digits" = scikit-learn's bundled 8x8 digits; otherwise a path to a pitdist Arrow dataset.
+    # "digits" = scikit-learn's bundled 8x8 digits, synthetic:HxWxC[:COUNT], a pitdist Arrow dataset
+    # directory, or Parquet files of encoded images (a .parquet file, a directory of them or a glob).
     dataset: str = "digits"
     val_fraction: float = 0.2
     # A separate held-out dataset (e.g. Fashion-MNIST's test split) to evaluate on; "" = hold out
@@ -124,8 +134,28 @@ class DataConfig:
     loader: Literal["auto", "memory", "ray_data"] = "auto"
     # ray_data: rows in each worker's local shuffle buffer (reseeded every epoch).
     shuffle_buffer: int = 1024
+    # A Parquet dataset (data.dataset = a .parquet file, a directory of them or a glob) holds encoded
+    # PNG/JPEG images, as Hugging Face `datasets` writes them: trained on without conversion, decoded
+    # where they are read (pitdist.data.parquet_pixels). Its image and label columns:
+    image_column: str = "image"
+    label_column: str = "label"
+    # HxWxC every image decodes to ("" = the first image's size and channels); with resize = false an
+    # image of another size is a bad row, with true it is resized (bilinear).
+    image_shape: str = ""
+    resize: bool = False
+    # A row that cannot become such an image (undecodable, null, label outside the classes): "fail"
+    # stops the run naming file and row; "skip" checks every image before the first step and leaves
+    # those rows out, listed in the run's data/skipped.json.
+    bad_rows: Literal["fail", "skip"] = "fail"
 
     def __post_init__(self) -> None:
+        if self.image_shape:
+            _require(
+                parse_hwc(self.image_shape) is not None,
+                "data.image_shape",
+                f"write HxWxC with C = 1 or 3, e.g. 28x28x1 or 224x224x3, got {self.image_shape!r}",
+            )
+        _require(not self.resize or bool(self.image_shape), "data.resize", "needs data.image_shape to resize to")
         _require(self.shuffle_buffer >= 1, "data.shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
         _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         _require(bool(self.dataset), "data.dataset", "must name 'digits' or a dataset directory")

@@ -10,6 +10,11 @@ runs on any P, the last ranks' shards padded):
            uint8 part alone.
   ray      Ray Data (ray_dataset + iter_pixel_batches, one consumer = one worker) -> pixels_to_tokens;
            timed from the first batch (the wait for it is reported apart, as it is a per-epoch start-up).
+  parquet  the same images as Parquet files of encoded bytes (PNG; JPEG too for RGB; row groups of 256)
+           decoded into pitdist rows: by one process (what one Ray Data task does: images/s per CPU
+           worker) and by Ray Data tasks, 1 and 2 at a time (pitdist.data.ray_reader.parquet_rows,
+           the training path for data.dataset = Parquet), timed from the first batch. Generated images
+           are uniform noise, the worst case for both codecs; Fashion-MNIST's are real.
   train    fwd + bwd + AdamW of the plain PiT (one process, all cores) on the same image size; above
            --train-max-tokens it is measured at the largest square side below and scaled by the FLOPs
            ratio (flops_per_image), marked "estimated".
@@ -69,7 +74,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1024, help="global images per step (default 1024)")
     p.add_argument("--sp", type=int, default=2, help="SP ranks P: the timed rank converts ceil(N/P) tokens (default 2)")
     p.add_argument("--shard-mb", type=float, default=16.0, help="shard size of the converted datasets (default 16)")
-    p.add_argument("--no-ray", action="store_true", help="skip the Ray Data measurement")
+    p.add_argument("--no-ray", action="store_true", help="skip the Ray Data measurements")
+    p.add_argument("--no-parquet", action="store_true", help="skip the Parquet decode measurements")
     p.add_argument("--train-steps", type=int, default=3, help="timed training steps (default 3, after 1 warm-up)")
     p.add_argument("--train-batch", type=int, default=8, help="images per training step (default 8)")
     p.add_argument(
@@ -174,6 +180,62 @@ def _ray(path: Path, batch: int, sp: int) -> dict:
     }
 
 
+PARQUET_ROW_GROUP = 256
+
+
+def _parquet_copy(arrow: Path, out: Path, fmt: str) -> Path:
+    """The images of the Arrow dataset ``arrow`` as one Parquet file of ``fmt`` bytes in Hugging Face's layout."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from pitdist.data.arrow import open_arrow_dataset
+
+    ds = open_arrow_dataset(arrow)
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    out.mkdir(parents=True)
+    with pq.ParquetWriter(out / "part-0.parquet", pa.schema([("image", image_type), ("label", pa.int64())])) as w:
+        for start in range(0, len(ds.ids), PARQUET_ROW_GROUP):
+            cells = []
+            for pixels in ds.pixels[start : start + PARQUET_ROW_GROUP]:
+                buf = io.BytesIO()
+                Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buf, format=fmt, quality=90)
+                cells.append({"bytes": buf.getvalue(), "path": None})
+            labels = ds.labels[start : start + PARQUET_ROW_GROUP]
+            w.write_table(pa.table({"image": pa.array(cells, image_type), "label": pa.array(labels, pa.int64())}))
+    return out
+
+
+def _parquet(arrow: Path, fmt: str, batch: int, ray) -> dict:
+    from pitdist.data.parquet_pixels import decode_row_group
+    from pitdist.data.ray_reader import iter_pixel_batches, parquet_rows
+    from pitdist.data.registry import load_dataset
+
+    path = _parquet_copy(arrow, arrow.with_name(f"{arrow.name}-{fmt}"), fmt)
+    data = load_dataset(str(path))
+    pixels = data.pixels
+    row = {"format": fmt, "bytes_per_image": (path / "part-0.parquet").stat().st_size / len(data)}
+    t0 = time.perf_counter()
+    for group in pixels.groups:
+        decode_row_group(pixels.images, group)
+    row["decode_images_per_s_1_process"] = len(data) / (time.perf_counter() - t0)
+    for workers in (1, 2) if ray is not None else ():
+        t0, first, images = time.perf_counter(), None, 0
+        for _, ids, _ in iter_pixel_batches(parquet_rows(pixels, workers=workers), data.image_shape, batch):
+            if first is None:
+                first, t1 = time.perf_counter() - t0, time.perf_counter()
+            else:
+                images += len(ids)
+        steady = time.perf_counter() - t1
+        row[f"ray_{workers}_workers"] = {
+            "first_batch_s": first,
+            "images_per_s": images / steady if steady > 0 and images else None,
+        }
+    return row
+
+
 def _train_rate(model_cfg, shape, batch: int, steps: int, max_tokens: int) -> dict:
     import torch
     import torch.nn.functional as F
@@ -261,6 +323,9 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
                 row["local"] = _local(path, args.batch_size, args.sp)
                 if ray is not None:
                     row["ray"] = _ray(path, args.batch_size, args.sp)
+                if not args.no_parquet:
+                    formats = ("PNG", "JPEG") if shape[2] == 3 else ("PNG",)
+                    row["parquet"] = [_parquet(path, fmt, args.batch_size, ray) for fmt in formats]
                 torch.set_num_threads(cores)
                 row["train"] = _train_rate(model_cfg, shape, args.train_batch, args.train_steps, args.train_max_tokens)
                 row["local_over_train"] = row["local"]["images_per_s"] / row["train"]["images_per_s"]
@@ -287,6 +352,11 @@ def _line(name: str, row: dict) -> str:
         r = row["ray"]
         rate = f"{r['images_per_s']:,.0f}" if r["images_per_s"] else "n/a"
         text += f" | Ray Data {rate} images/s after a {r['first_batch_s']:.1f} s first batch"
+    for pq in row.get("parquet", []):
+        text += f" | Parquet {pq['format']} decode {pq['decode_images_per_s_1_process']:,.0f} images/s per worker"
+        for workers in (1, 2):
+            rate = pq.get(f"ray_{workers}_workers", {}).get("images_per_s")
+            text += f", Ray Data x{workers} {rate:,.0f}" if rate else ""
     text += (
         f" | training {tr['images_per_s']:.3g} images/s{' (estimated)' if tr['estimated'] else ''}"
         f" -> local data is {row['local_over_train']:,.0f}x faster"

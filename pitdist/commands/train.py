@@ -120,6 +120,11 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         f"{result.tokens_per_s:.0f} tokens/s, {result.tflops * 1e3:.2f} GFLOP/s | dropped per epoch "
         f"{result.dropped_per_epoch} | {result.run_dir}"
     )
+    if result.skipped_rows:
+        print(
+            f"skipped {result.skipped_rows} bad rows of {cfg.data.dataset} (data.bad_rows = skip), "
+            f"listed in {result.run_dir}/data/skipped.json"
+        )
     if cfg.metrics.ledger:
         from pitdist.report.comm_report import format_summary, load_run, summarize
 

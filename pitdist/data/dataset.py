@@ -16,6 +16,9 @@ class PixelDataset:
     pixels: np.ndarray  # uint8 [n, H, W, C]
     class_names: list[str]
     name: str = ""
+    # Rows of the source left out as bad (data.bad_rows = skip; pitdist.data.parquet.BadRow), kept by
+    # every subset: they belong to the source, and the run reports them.
+    skipped: tuple = ()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -31,7 +34,7 @@ class PixelDataset:
     def subset(self, index: np.ndarray) -> PixelDataset:
         # Memory-mapped pixels (pitdist.data.arrow.ShardedPixels) select rows without copying them.
         pixels = self.pixels.select(index) if hasattr(self.pixels, "select") else self.pixels[index]
-        return PixelDataset(self.ids[index], self.labels[index], pixels, self.class_names, self.name)
+        return PixelDataset(self.ids[index], self.labels[index], pixels, self.class_names, self.name, self.skipped)
 
     def split(self, val_fraction: float, seed: int) -> tuple[PixelDataset, PixelDataset]:
         """Deterministic train/validation split (independent of the training shuffle)."""

@@ -228,13 +228,20 @@ def decode_image(data: bytes | None, shape: tuple[int, int, int], resize: bool) 
 
 
 def decode_rows(
-    images: ParquetImages, batch: pa.RecordBatch | pa.Table, file: str, first_row: int, bad_rows: str = "fail"
+    images: ParquetImages,
+    batch: pa.RecordBatch | pa.Table,
+    file: str,
+    rows: int | np.ndarray,
+    bad_rows: str = "fail",
 ) -> tuple[pa.RecordBatch, list[BadRow]]:
-    """Decode rows ``first_row ..`` of ``file`` (``batch`` holds its image and label columns) into a pitdist
-    pixel batch; bad rows raise DataError (``"fail"``) or are left out and returned (``"skip"``)."""
+    """Decode ``batch`` (image and label columns of ``file``) into a pitdist pixel batch. ``rows``: the
+    file's row number of each batch row, or of the first of consecutive rows. Bad rows raise DataError
+    (``"fail"``) or are left out and returned (``"skip"``)."""
     if bad_rows not in BAD_ROW_POLICIES:
         raise DataError(f"bad-row policy {bad_rows!r}: choose one of {', '.join(BAD_ROW_POLICIES)}")
-    base = images.first_ids[images.files.index(file)] + first_row
+    if np.ndim(rows) == 0:
+        rows = np.arange(int(rows), int(rows) + batch.num_rows)
+    ids = images.first_ids[images.files.index(file)] + np.asarray(rows, np.int64)
     encoded = _encoded(batch.column(images.image_column)).to_pylist()
     labels = batch.column(images.label_column).to_pylist()
     pixels = np.empty((len(labels), *images.shape), np.uint8)
@@ -245,15 +252,14 @@ def decode_rows(
                 raise ValueError(f"label {label} is outside the {len(images.class_names)} classes")
             pixels[len(keep)] = decode_image(data, images.shape, images.resize)
         except ValueError as exc:
-            found = BadRow(file, first_row + i, base + i, str(exc))
+            found = BadRow(file, int(rows[i]), int(ids[i]), str(exc))
             if bad_rows == "fail":
                 raise DataError(f"{found} (data.bad_rows = skip leaves such rows out)") from None
             bad.append(found)
             continue
         keep.append(i)
-    ids = np.arange(base, base + len(labels), dtype=np.int64)[keep]
     kept_labels = np.asarray(labels, dtype=object)[keep].astype(np.int64)
-    return pixel_batch(ids, kept_labels, pixels[: len(keep)], images.schema()), bad
+    return pixel_batch(ids[keep], kept_labels, pixels[: len(keep)], images.schema()), bad
 
 
 def iter_decoded(images: ParquetImages, bad_rows: str = "fail", batch_size: int = 1024, found: list | None = None):

@@ -126,7 +126,9 @@ def launch_ray(cfg: JobConfig, run_dir: Path) -> RunResult:
         if cfg.data_loader == "ray_data":
             from pitdist.data.ray_reader import training_rows
 
-            datasets["train"], loop_config["train_rows"] = training_rows(split_dataset(cfg)[0], cfg.data.dataset)
+            datasets["train"], loop_config["train_rows"] = training_rows(
+                split_dataset(cfg)[0], cfg.data.dataset, cfg.data.bad_rows
+            )
         storage = cfg.train.storage_path or str(Path(cfg.train.output_dir).absolute() / "ray")
         trainer = TorchTrainer(
             train_loop_per_worker,

@@ -51,6 +51,7 @@ class RunResult:
     steps: int
     dropped_per_epoch: int
     run_dir: str
+    skipped_rows: int = 0  # bad rows of the source left out (data.bad_rows = skip; data/skipped.json)
 
 
 @dataclass
@@ -234,8 +235,12 @@ def finish(run: Run, accuracy: float, state: dict) -> RunResult:
         steps=cfg.train.steps,
         dropped_per_epoch=batches.dropped_per_epoch,
         run_dir=str(run.run_dir),
+        skipped_rows=len(run.train_data.skipped),
     )
     if mesh.rank == 0:
+        if run.train_data.skipped:  # the data ledger's record of what the source held but nobody trained on
+            rows = [asdict(b) for b in run.train_data.skipped]
+            (run.run_dir / "data" / "skipped.json").write_text(json.dumps({"count": len(rows), "rows": rows}, indent=1))
         torch.save(state, run.run_dir / "model.pt")
         (run.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         (run.run_dir / "result.json").write_text(json.dumps(asdict(result), indent=1))

@@ -35,7 +35,7 @@ def check_offload(cfg: JobConfig, device_type: str) -> None:
 
 def validate_job(cfg: JobConfig) -> None:
     """Load the data (DataError if unreadable), check the mesh and the resume target (ConfigError)."""
-    train_data, _ = split_dataset(cfg)
+    train_data, _ = split_dataset(cfg, progress=True)  # a bad-row scan of Parquet images shows a bar
     validate_mesh(cfg, train_data.image_shape)
     here = cfg.parallel.launcher != "ray"  # the ranks run on this machine: their device is known now
     if cfg.train.device == "cpu" or (here and cfg.train.device == "auto" and not torch.cuda.is_available()):

@@ -43,8 +43,14 @@ def test_tiny_bench_data_writes_json(pitdist_cli, tmp_path):
         assert loc["tokens_per_s"] == pytest.approx(loc["images_per_s"] * row["shape"][0] * row["shape"][1] / 2)
         assert ray["images"] == 600 - 128 and ray["images_per_s"] > 0  # timed from the second batch
         assert train["images_per_s"] > 0 and row["local_over_train"] > 1
+        # The same images as Parquet: PNG (and JPEG for RGB) decoded by one process and by Ray Data tasks.
+        formats = [pq["format"] for pq in row["parquet"]]
+        assert formats == (["PNG"] if row["shape"][2] == 1 else ["PNG", "JPEG"])
+        for pq in row["parquet"]:
+            assert pq["decode_images_per_s_1_process"] > 0 and pq["bytes_per_image"] > 0
+            assert pq["ray_1_workers"]["images_per_s"] > 0 and pq["ray_2_workers"]["images_per_s"] > 0
     assert report["sizes"][1]["train"]["estimated"] and report["sizes"][1]["train"]["measured_shape"] == [8, 8, 3]
-    assert "8x8x1 (generated, 600 images): local" in proc.stdout
+    assert "8x8x1 (generated, 600 images): local" in proc.stdout and "Parquet PNG decode" in proc.stdout
     assert not list(tmp_path.glob("tmp*"))  # the datasets were removed
 
 

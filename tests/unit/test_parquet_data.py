@@ -4,13 +4,11 @@ file and row for every kind of bad input (or, with bad_rows = skip, the row left
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from parquet_files import png, write_digits_parquet, write_plain_parquet
 
 from pitdist.data.arrow import DataError, open_arrow_dataset
 from pitdist.data.convert import convert, inspect, make_source
@@ -18,39 +16,10 @@ from pitdist.data.digits import load_digits_dataset
 from pitdist.data.parquet import decode_rows, iter_decoded, open_parquet_images
 
 
-def png(pixels: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(out, format="PNG")
-    return out.getvalue()
-
-
-def write_hf_parquet(path, pixels: np.ndarray, labels: np.ndarray, names: list[str]) -> None:
-    """What `datasets.Dataset.to_parquet` writes for an Image and a ClassLabel feature."""
-    import datasets
-
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
-    images = [Image.fromarray(p[..., 0]) for p in pixels]
-    datasets.Dataset.from_dict({"image": images, "label": labels.tolist()}, features=features).to_parquet(str(path))
-
-
-def write_plain_parquet(path, cells: list, labels: list, label_type: pa.DataType | None = None) -> None:
-    """Encoded bytes in a struct<bytes, path> column without Hugging Face metadata."""
-    image = pa.array(
-        [{"bytes": c, "path": None} for c in cells], pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    )
-    pq.write_table(pa.table({"image": image, "label": pa.array(labels, label_type or pa.int64())}), str(path))
-
-
 @pytest.fixture(scope="module")
 def digits_parquet(tmp_path_factory):
     """The 1,797 digits in two Parquet files written by `datasets`, 1,000 + 797 rows."""
-    d = load_digits_dataset()
-    root = tmp_path_factory.mktemp("parquet") / "digits"
-    root.mkdir()
-    pixels, labels = np.asarray(d.pixels), d.labels
-    write_hf_parquet(root / "train-00000.parquet", pixels[:1000], labels[:1000], d.class_names)
-    write_hf_parquet(root / "train-00001.parquet", pixels[1000:], labels[1000:], d.class_names)
-    return root, d
+    return write_digits_parquet(tmp_path_factory.mktemp("parquet") / "digits"), load_digits_dataset()
 
 
 def test_hf_parquet_converts_to_exactly_the_same_images_labels_ids_and_class_names(digits_parquet, tmp_path):
@@ -127,7 +96,7 @@ def test_a_label_outside_the_classes_is_a_bad_row(tmp_path, digits_parquet):
     images = open_parquet_images(digits_parquet[0])
     batch = pa.table({"image": [{"bytes": png(np.zeros((8, 8, 1), np.uint8)), "path": None}], "label": [10]})
     with pytest.raises(DataError, match=r"row 5 \(id 1005\): label 10 is outside the 10 classes"):
-        decode_rows(images, batch, images.files[1], first_row=5)
+        decode_rows(images, batch, images.files[1], rows=5)
 
 
 @pytest.mark.parametrize(
