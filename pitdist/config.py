@@ -134,6 +134,9 @@ class DataConfig:
     loader: Literal["auto", "memory", "ray_data"] = "auto"
     # ray_data: rows in each worker's local shuffle buffer (reseeded every epoch).
     shuffle_buffer: int = 1024
+    # ray_data: rows per read unit of Arrow shards and in-memory datasets, the blocks whose order every
+    # epoch permutes afresh (Parquet's units are its row groups); smaller = finer shuffles, more tasks.
+    block_rows: int = 512
     # A Parquet dataset (data.dataset = a .parquet file, a directory of them or a glob) holds encoded
     # PNG/JPEG images, as Hugging Face `datasets` writes them: trained on without conversion, decoded
     # where they are read (pitdist.data.parquet_pixels). Its image and label columns:
@@ -157,6 +160,7 @@ class DataConfig:
             )
         _require(not self.resize or bool(self.image_shape), "data.resize", "needs data.image_shape to resize to")
         _require(self.shuffle_buffer >= 1, "data.shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
+        _require(self.block_rows >= 1, "data.block_rows", f"must be >= 1, got {self.block_rows}")
         _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         _require(bool(self.dataset), "data.dataset", "must name 'digits' or a dataset directory")
 

@@ -10,9 +10,11 @@ runs on any P, the last ranks' shards padded):
            uint8 part alone.
   ray      Ray Data (ray_dataset + iter_pixel_batches, one consumer = one worker) -> pixels_to_tokens;
            timed from the first batch (the wait for it is reported apart, as it is a per-epoch start-up).
+           Then whole epochs of the training plan (pitdist.data.ray_epochs) with the fixed order and
+           with a new seeded order every epoch, in turns: the per-epoch shuffle's cost as a ratio.
   parquet  the same images as Parquet files of encoded bytes (PNG; JPEG too for RGB; row groups of 256)
            decoded into pitdist rows: by one process (what one Ray Data task does: images/s per CPU
-           worker) and by Ray Data tasks, 1 and 2 at a time (pitdist.data.ray_reader.parquet_rows,
+           worker) and by Ray Data tasks, 1 and 2 at a time (an epoch of pitdist.data.ray_epochs,
            the training path for data.dataset = Parquet), timed from the first batch. Generated images
            are uniform noise, the worst case for both codecs; Fashion-MNIST's are real.
   train    fwd + bwd + AdamW of the plain PiT (one process, all cores) on the same image size; above
@@ -183,6 +185,26 @@ def _ray(path: Path, batch: int, sp: int) -> dict:
 PARQUET_ROW_GROUP = 256
 
 
+def _epoch_orders(path: Path, batch: int, block_rows: int = 512, epochs: int = 2) -> dict:
+    """images/s of whole epochs of the training plan (pitdist.data.ray_epochs) with today's fixed order and
+    with a new seeded order every epoch, in turns (fixed, shuffled, fixed, ...): the per-epoch shuffle's cost."""
+    from pitdist.data.ray_epochs import epoch_plan
+    from pitdist.data.ray_reader import iter_pixel_batches
+    from pitdist.data.registry import load_dataset
+
+    data = load_dataset(str(path))
+    rates: dict[str, list[float]] = {"fixed": [], "shuffled": []}
+    for epoch in range(epochs):
+        for name in rates:
+            plan, _ = epoch_plan(data, str(path), seed=0, shuffle=name == "shuffled", block_rows=block_rows)
+            t0, images = time.perf_counter(), 0
+            for _, ids, _ in iter_pixel_batches(plan.dataset(epoch), data.image_shape, batch):
+                images += len(ids)
+            rates[name].append(images / (time.perf_counter() - t0))
+    fixed, shuffled = (sorted(r)[len(r) // 2] for r in rates.values())
+    return {"block_rows": block_rows, "epochs": epochs, "images_per_s": rates, "shuffled_over_fixed": shuffled / fixed}
+
+
 def _parquet_copy(arrow: Path, out: Path, fmt: str) -> Path:
     """The images of the Arrow dataset ``arrow`` as one Parquet file of ``fmt`` bytes in Hugging Face's layout."""
     import io
@@ -210,7 +232,8 @@ def _parquet_copy(arrow: Path, out: Path, fmt: str) -> Path:
 
 def _parquet(arrow: Path, fmt: str, batch: int, ray) -> dict:
     from pitdist.data.parquet_pixels import decode_row_group
-    from pitdist.data.ray_reader import iter_pixel_batches, parquet_rows
+    from pitdist.data.ray_epochs import epoch_plan
+    from pitdist.data.ray_reader import iter_pixel_batches
     from pitdist.data.registry import load_dataset
 
     path = _parquet_copy(arrow, arrow.with_name(f"{arrow.name}-{fmt}"), fmt)
@@ -221,18 +244,18 @@ def _parquet(arrow: Path, fmt: str, batch: int, ray) -> dict:
     for group in pixels.groups:
         decode_row_group(pixels.images, group)
     row["decode_images_per_s_1_process"] = len(data) / (time.perf_counter() - t0)
+    plan, _ = epoch_plan(data, str(path), seed=0, shuffle=True, block_rows=PARQUET_ROW_GROUP)
     for workers in (1, 2) if ray is not None else ():
+        # Timed over the whole epoch, start-up included: decoding is the work, and most of it happens
+        # before a first batch of ``batch`` images is ready.
+        plan.workers = workers
         t0, first, images = time.perf_counter(), None, 0
-        for _, ids, _ in iter_pixel_batches(parquet_rows(pixels, workers=workers), data.image_shape, batch):
-            if first is None:
-                first, t1 = time.perf_counter() - t0, time.perf_counter()
-            else:
-                images += len(ids)
-        steady = time.perf_counter() - t1
-        row[f"ray_{workers}_workers"] = {
-            "first_batch_s": first,
-            "images_per_s": images / steady if steady > 0 and images else None,
-        }
+        for _, ids, _ in iter_pixel_batches(plan.dataset(0), data.image_shape, batch):
+            first = time.perf_counter() - t0 if first is None else first
+            images += len(ids)
+        epoch = time.perf_counter() - t0
+        row[f"ray_{workers}_workers"] = {"images": images, "first_batch_s": first, "epoch_s": epoch,
+                                         "images_per_s": images / epoch}  # fmt: skip
     return row
 
 
@@ -323,6 +346,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
                 row["local"] = _local(path, args.batch_size, args.sp)
                 if ray is not None:
                     row["ray"] = _ray(path, args.batch_size, args.sp)
+                    row["ray_epoch_order"] = _epoch_orders(path, args.batch_size)
                 if not args.no_parquet:
                     formats = ("PNG", "JPEG") if shape[2] == 3 else ("PNG",)
                     row["parquet"] = [_parquet(path, fmt, args.batch_size, ray) for fmt in formats]
@@ -352,6 +376,7 @@ def _line(name: str, row: dict) -> str:
         r = row["ray"]
         rate = f"{r['images_per_s']:,.0f}" if r["images_per_s"] else "n/a"
         text += f" | Ray Data {rate} images/s after a {r['first_batch_s']:.1f} s first batch"
+        text += f" (a new order every epoch: {row['ray_epoch_order']['shuffled_over_fixed']:.2f}x the fixed one's rate)"
     for pq in row.get("parquet", []):
         text += f" | Parquet {pq['format']} decode {pq['decode_images_per_s_1_process']:,.0f} images/s per worker"
         for workers in (1, 2):

@@ -2,9 +2,10 @@
 
 ``ray.init()`` attaches to ``parallel.ray_address``, to the cluster of the Ray job this driver runs in
 (``RAY_ADDRESS``, set by ``ray job submit``), or else starts an embedded local cluster on this machine.
-Everything a worker needs arrives through ``train_loop_config`` (the whole job config as a dict and
-the absolute run directory: Train V2 workers run in their own artifact directory) and, with the
-ray_data loader, as the Ray dataset "train", which Ray Train splits into one equal stream per worker.
+Everything a worker needs arrives through ``train_loop_config``: the whole job config as a dict, the
+absolute run directory (Train V2 workers run in their own artifact directory) and, with the ray_data
+loader, the plan of the training split's epochs (pitdist.data.ray_epochs: every epoch a new seeded
+order and new shares, split into one equal stream per worker by rank 0).
 Ray Train creates the torch process group; DeepSpeed adopts it.
 
 Fault tolerance: checkpoints go through ``ray.train.report`` (pitdist.train.checkpoint.RayCheckpoints);
@@ -46,7 +47,12 @@ def train_loop_per_worker(config: dict) -> None:
     comm.adopt_process_group(comm.pick_backend(cfg.parallel.backend))
     mesh = Mesh(ParallelDims.from_config(cfg.parallel))
     record_worker(run_dir, mesh.rank)
-    stream = (ray.train.get_dataset_shard("train"), config["train_rows"]) if "train_rows" in config else None
+    stream = None
+    if "train_plan" in config:
+        from pitdist.data.ray_epochs import EpochStreams
+
+        streams = EpochStreams(config["train_plan"], context.get_world_size(), context.get_world_rank())
+        stream = (streams, config["train_rows"])
     result = train(
         cfg,
         mesh,
@@ -122,18 +128,22 @@ def launch_ray(cfg: JobConfig, run_dir: Path) -> RunResult:
             )
         use_gpu = cfg.train.device == "cuda" or (cfg.train.device == "auto" and gpus >= world)
         loop_config = {"cfg": cfg.to_dict(), "run_dir": str(run_dir.absolute())}
-        datasets = {}
         if cfg.data_loader == "ray_data":
-            from pitdist.data.ray_reader import training_rows
+            from pitdist.data.ray_epochs import epoch_plan
 
-            datasets["train"], loop_config["train_rows"] = training_rows(
-                split_dataset(cfg)[0], cfg.data.dataset, cfg.data.bad_rows
+            data = cfg.data
+            loop_config["train_plan"], loop_config["train_rows"] = epoch_plan(
+                split_dataset(cfg)[0],
+                data.dataset,
+                seed=cfg.train.seed,
+                shuffle=data.shuffle,
+                block_rows=data.block_rows,
+                bad_rows=data.bad_rows,
             )
         storage = cfg.train.storage_path or str(Path(cfg.train.output_dir).absolute() / "ray")
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=loop_config,
-            datasets=datasets,
             scaling_config=ScalingConfig(num_workers=world, use_gpu=use_gpu),
             torch_config=TorchConfig(backend=pick_backend(cfg.parallel.backend) if not use_gpu else "nccl"),
             run_config=RunConfig(

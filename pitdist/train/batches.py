@@ -7,14 +7,16 @@ the same order.
 ``LocalBatches`` (data.loader = "memory") indexes a memory-mapped dataset with the batch schedule, a
 pure function of (seed, step): nothing is sent, and a restored run needs only the step.
 
-``StreamedBatches`` (data.loader = "ray_data") reads this worker's share of a Ray Dataset, which Ray
-Train's default DataConfig splits into Q * P equal streams (``streaming_split(equal=True)``). One
+``StreamedBatches`` (data.loader = "ray_data") reads this worker's share of each epoch's Ray Dataset,
+split into Q * P equal streams (``streaming_split(equal=True)``) in a new seeded order every epoch
+(pitdist.data.ray_epochs.EpochStreams). One
 stream cannot be shared by several workers, so each worker reads b / (Q * P) images per step and the
 SP group all-gathers them (DESIGN.md section 7): every SP rank then holds the group's b / Q images in
 rank order. The gather is ledger category ``data``: (P - 1) / P of the group's uint8 pixels plus
-16 bytes of id and label per image, small next to the attention all-to-alls. With the driver's
-``preserve_order`` and a per-epoch shuffle seed the streams are reproducible, so a restored run
-re-opens the epoch and discards the batches it already trained on (Ray Data has no seek).
+16 bytes of id and label per image, small next to the attention all-to-alls. With ``preserve_order``,
+an epoch's order seeded by (seed, epoch) and a local shuffle seeded by seed + epoch the streams are
+reproducible, so a restored run re-opens the epoch and discards the batches it already trained on
+(Ray Data has no seek).
 """
 
 from __future__ import annotations
@@ -81,13 +83,13 @@ class StreamedBatches(LocalBatches):
     """This rank's slice of each step's batch, streamed by Ray Data and gathered over the SP group.
 
     ``data`` is still the (memory-mapped) training split: evaluation and the image shape come from it;
-    the training images come only from ``shard`` (``ray.train.get_dataset_shard("train")``), which
-    holds ``num_rows`` / (Q * P) of its ``num_rows`` rows.
+    the training images come only from ``streams(epoch)``, this worker's DataIterator of the epoch,
+    which holds ``num_rows`` / (Q * P) of its ``num_rows`` rows.
     """
 
     def __init__(
         self,
-        shard,
+        streams,
         num_rows: int,
         data: PixelDataset,
         cfg: JobConfig,
@@ -96,7 +98,7 @@ class StreamedBatches(LocalBatches):
         dtype: torch.dtype,
     ):
         super().__init__(data, None, mesh, cfg.model.patch_size, device, dtype, cfg.model.pool == "cls")  # type: ignore[arg-type]
-        self.shard, self.cfg = shard, cfg
+        self.streams, self.cfg = streams, cfg
         world = mesh.world_size
         self.per_worker = cfg.train.batch_size // world
         self._steps_per_epoch = num_rows // world // self.per_worker
@@ -120,7 +122,7 @@ class StreamedBatches(LocalBatches):
 
     def _open(self, epoch: int, skip: int) -> None:
         if self._stream is not None:
-            for _ in self._stream:  # finish the previous epoch: every split must reach its end
+            for _ in self._stream:  # the previous epoch's leftovers (< one batch): its execution ends
                 pass
         shuffle = {}
         if self.cfg.data.shuffle:
@@ -128,7 +130,8 @@ class StreamedBatches(LocalBatches):
                 "local_shuffle_buffer_size": self.cfg.data.shuffle_buffer,
                 "local_shuffle_seed": self.cfg.train.seed + epoch,
             }
-        self._stream = iter_pixel_batches(self.shard, self.data.image_shape, self.per_worker, drop_last=True, **shuffle)
+        shard = self.streams(epoch)
+        self._stream = iter_pixel_batches(shard, self.data.image_shape, self.per_worker, drop_last=True, **shuffle)
         for _ in range(skip):  # a restored run: the batches trained on before the checkpoint
             next(self._stream)
         self._position = (epoch, skip)

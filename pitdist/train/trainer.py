@@ -141,8 +141,8 @@ def setup(
             train_data, schedule, mesh, cfg.model.patch_size, device, dtype, cls=cfg.model.pool == "cls"
         )
     else:
-        shard, num_rows = data_stream
-        batches = StreamedBatches(shard, num_rows, train_data, cfg, mesh, device, dtype)
+        streams, num_rows = data_stream
+        batches = StreamedBatches(streams, num_rows, train_data, cfg, mesh, device, dtype)
     image_flops = flops_per_image(cfg.model, batches.num_tokens, train_data.image_shape[2], train_data.num_classes)
     first_step, losses = checkpoints.restore(engine)
     engine_elements, pe_elements = gradient_elements(engine.module)

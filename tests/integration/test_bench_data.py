@@ -43,6 +43,9 @@ def test_tiny_bench_data_writes_json(pitdist_cli, tmp_path):
         assert loc["tokens_per_s"] == pytest.approx(loc["images_per_s"] * row["shape"][0] * row["shape"][1] / 2)
         assert ray["images"] == 600 - 128 and ray["images_per_s"] > 0  # timed from the second batch
         assert train["images_per_s"] > 0 and row["local_over_train"] > 1
+        order = row["ray_epoch_order"]
+        assert all(len(r) == 2 and min(r) > 0 for r in order["images_per_s"].values())
+        assert order["shuffled_over_fixed"] > 0
         # The same images as Parquet: PNG (and JPEG for RGB) decoded by one process and by Ray Data tasks.
         formats = [pq["format"] for pq in row["parquet"]]
         assert formats == (["PNG"] if row["shape"][2] == 1 else ["PNG", "JPEG"])

@@ -45,8 +45,9 @@ def test_ray_batches_equal_the_local_dataset_in_order(ray_local, tmp_path):
 
 
 def test_ray_batches_of_rectangular_images_are_b_h_w_c(ray_local, tmp_path):
-    """30x20x1 from shards and 5x7x3 from memory (training_rows' two paths): H and W never swap."""
-    from pitdist.data.ray_reader import iter_pixel_batches, ray_dataset, training_rows
+    """30x20x1 from shards and 5x7x3 from memory (both paths of the training plan): H and W never swap."""
+    from pitdist.data.ray_epochs import epoch_plan
+    from pitdist.data.ray_reader import iter_pixel_batches, ray_dataset
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (50, 30, 20, 1), np.uint8)
@@ -59,8 +60,8 @@ def test_ray_batches_of_rectangular_images_are_b_h_w_c(ray_local, tmp_path):
     assert np.array_equal(np.concatenate([p for p, _, _ in batches]), pixels)
 
     train = load_dataset("synthetic:5x7x3:20")
-    rows, n = training_rows(train, "synthetic:5x7x3:20")
-    got = np.concatenate([p for p, _, _ in iter_pixel_batches(rows, train.image_shape, 8)])
+    plan, n = epoch_plan(train, "synthetic:5x7x3:20", seed=0, shuffle=False, block_rows=8)
+    got = np.concatenate([p for p, _, _ in iter_pixel_batches(plan.dataset(0), train.image_shape, 8)])
     assert n == 20 and got.shape == (20, 5, 7, 3) and np.array_equal(got, train.pixels)
 
 
@@ -72,3 +73,35 @@ def test_ray_reader_validates_before_reading(ray_local, tmp_path):
     shard.write_bytes(shard.read_bytes()[:-8])
     with pytest.raises(DataError, match="shard-00001.arrow: .* bytes but the manifest says"):
         ray_dataset(root)
+
+
+@pytest.mark.parametrize("kind", ["arrow", "parquet", "memory"])
+def test_every_epoch_streams_each_training_image_once_in_a_new_order_reproducible_from_seed_and_epoch(
+    ray_local, tmp_path, kind
+):
+    from parquet_files import write_digits_parquet
+
+    from pitdist.data.ray_epochs import epoch_plan
+    from pitdist.data.ray_reader import iter_pixel_batches
+
+    source = {
+        "arrow": lambda: str(
+            convert(make_source("digits", None, None), tmp_path / "d", rows_per_shard=400, progress=False)
+        ),
+        "parquet": lambda: str(write_digits_parquet(tmp_path / "pq", split=900)),
+        "memory": lambda: "digits",
+    }[kind]()
+    train, _ = load_dataset(source).split(0.2, seed=0)
+
+    def ids(epoch: int, shuffle: bool = True) -> list[int]:
+        plan, n = epoch_plan(train, source, seed=3, shuffle=shuffle, block_rows=100)
+        assert n == len(train)
+        return [
+            int(i) for _, batch, _ in iter_pixel_batches(plan.dataset(epoch), train.image_shape, 256) for i in batch
+        ]
+
+    first, second = ids(0), ids(1)
+    assert sorted(first) == sorted(second) == sorted(train.ids.tolist())  # every image once per epoch
+    assert first != second  # a new order (and so new shares of the equal split) every epoch
+    assert ids(1) == second  # a pure function of (seed, epoch): a resumed run re-creates it
+    assert ids(0, shuffle=False) == train.ids.tolist()  # data.shuffle = false: the dataset's own order

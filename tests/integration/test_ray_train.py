@@ -87,6 +87,8 @@ def test_ray_data_q2_p2_epoch_gives_every_image_once_and_sp_ranks_agree(pitdist_
         "46",
         "--train.evaluate",
         "false",
+        "--data.block_rows",
+        "128",
         "--train.output_dir",
         str(tmp_path),
         check=True,
@@ -101,6 +103,11 @@ def test_ray_data_q2_p2_epoch_gives_every_image_once_and_sp_ranks_agree(pitdist_
     logs = read_logs(path)
     for step in range(46):  # the two DP groups take disjoint images
         assert not set(logs[0][step][0]["ids"]) & set(logs[2][step][0]["ids"])
+    # Every epoch a new order and new DP shares: epoch 1 starts elsewhere, and DP group 0 now trains
+    # on images that were DP group 1's in epoch 0.
+    share = {q: {i for s in range(44) for i in logs[2 * q][s][0]["ids"]} for q in (0, 1)}
+    assert logs[0][44][0]["ids"] != logs[0][0][0]["ids"]
+    assert {i for s in (44, 45) for i in logs[0][s][0]["ids"]} & share[1]
     # The SP groups' gathers are ledger category "data", on every rank exactly as the model counts them.
     for rows in summarize(load_run(path))["rows"]:
         data = next(r for r in rows if r.category == "data")
@@ -130,7 +137,7 @@ def test_a_device_the_cluster_lacks_is_refused_instead_of_waiting_forever(pitdis
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """A 1 x 2 Ray Data run of 30 steps (22 per epoch) with checkpoints every 5 steps."""
+    """A 1 x 2 Ray Data run of 40 steps (22 per epoch) with checkpoints every 5 steps."""
     out = tmp_path_factory.mktemp("uninterrupted")
     proc = cli(*FAULT_ARGS, "--train.output_dir", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -144,7 +151,7 @@ FAULT_ARGS = (
     "--sp",
     "2",
     "--train.steps",
-    "30",
+    "40",
     "--train.batch_size",
     "64",
     "--train.checkpoint_every",
@@ -167,14 +174,15 @@ def ray_checkpoint(out: Path, step: int) -> Path:
     return next((out / "ray").glob(f"*/step-{step}"))
 
 
-def test_resumed_ray_run_continues_mid_epoch_with_the_same_images_and_losses(uninterrupted, tmp_path):
+@pytest.mark.parametrize("at", [10, 25], ids=["mid-epoch-0", "mid-epoch-1"])
+def test_resumed_ray_run_continues_mid_epoch_with_the_same_images_and_losses(uninterrupted, tmp_path, at):
     first, out = uninterrupted
-    proc = cli(*FAULT_ARGS, "--train.output_dir", str(tmp_path), "--resume", str(ray_checkpoint(out, 10)))
+    proc = cli(*FAULT_ARGS, "--train.output_dir", str(tmp_path), "--resume", str(ray_checkpoint(out, at)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = run_dir(proc)
     expected = step_ids(first)
-    assert sorted(step_ids(resumed)) == list(range(10, 30))  # step 10 of epoch 0 through step 7 of epoch 1
-    for step in range(10, 30):
+    assert sorted(step_ids(resumed)) == list(range(at, 40))  # through step 17 of epoch 1 (22 steps each)
+    for step in range(at, 40):
         assert step_ids(resumed)[step] == expected[step], f"step {step}"
     assert result(resumed)["losses"] == pytest.approx(result(first)["losses"], abs=1e-5)
 
@@ -200,15 +208,15 @@ def test_killed_worker_is_restored_from_its_checkpoint_and_finishes_the_same(uni
         stderr=subprocess.STDOUT,
     )
     try:
-        # Wait until rank 1 is past the checkpoint of step 10, then kill its process.
+        # Wait until rank 1 is past the checkpoint of step 25 (epoch 1 began at step 22), then kill it.
         deadline = time.monotonic() + 600
         victim = None
         while time.monotonic() < deadline and victim is None:
             time.sleep(0.5)
             logs = list(tmp_path.glob("*/data/rank1.jsonl"))
-            if logs and len(logs[0].read_text().splitlines()) >= 13:
+            if logs and len(logs[0].read_text().splitlines()) >= 27:
                 victim = json.loads((logs[0].parent.parent / "workers" / "rank1.json").read_text())["pid"]
-        assert victim is not None, "the run never reached step 13"
+        assert victim is not None, "the run never reached step 27"
         os.kill(victim, signal.SIGKILL)
         out, _ = proc.communicate(timeout=900)
     finally:
@@ -219,7 +227,7 @@ def test_killed_worker_is_restored_from_its_checkpoint_and_finishes_the_same(uni
     report = audit(path, dp=1, sp=2)
     assert report.ok, report.problems
     assert report.replayed_steps > 0  # the restarted group replayed steps after the restored checkpoint
-    assert report.steps == 30
+    assert report.steps == 40
     assert step_ids(path) == step_ids(first)  # no image skipped, repeated or reordered
     assert json.loads((path / "workers" / "rank1.json").read_text())["pid"] != victim
     assert result(path)["losses"][-1] == pytest.approx(result(first)["losses"][-1], abs=1e-4)
