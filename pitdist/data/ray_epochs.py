@@ -38,7 +38,7 @@ from pitdist.data.dataset import PixelDataset
 class EpochPlan:
     """How to build any epoch's Dataset of the training split (picklable: it travels to the workers)."""
 
-    units: list  # dicts a read task turns into rows, or ObjectRefs of Arrow tables (``reader`` None)
+    units: list  # dicts a read task turns into rows, or Arrow tables of the rows (``reader`` None)
     reader: object  # map_batches function over a batch of unit dicts, or None
     reader_kwargs: dict
     keep_ids: pa.Array | None  # the training split's ids; None = every row
@@ -57,7 +57,10 @@ class EpochPlan:
         quiet_data_context()
         units = [self.units[i] for i in self.order(epoch)]
         if self.reader is None:
-            rows = ray.data.from_arrow_refs(units)
+            # from_blocks takes each block's metadata from the table itself; from_arrow(_refs) sends a
+            # task per block for it, which never runs on a cluster whose CPUs the training workers hold
+            # (one logical CPU per rank), as a Ray Train worker builds this dataset mid-run.
+            rows = ray.data.from_blocks(units)
         else:
             rows = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
                 self.reader,
@@ -108,12 +111,10 @@ def epoch_plan(train: PixelDataset, source: str, *, seed: int, shuffle: bool, bl
     """(EpochPlan, row count) of the training split ``train`` of dataset ``source``.
 
     Parquet streams from its row groups and an Arrow directory from slices of its shards, both read on
-    the cluster and filtered to the split's ids; anything else (digits, synthetic) is in the driver's
-    memory and goes into the object store once, in slices.
+    the cluster and filtered to the split's ids; anything else (digits, synthetic) is in memory already
+    (every worker loads it too) and travels with the plan, in slices.
     """
     import dataclasses
-
-    import ray
 
     from pitdist.data.parquet_pixels import ParquetPixels
 
@@ -130,10 +131,12 @@ def epoch_plan(train: PixelDataset, source: str, *, seed: int, shuffle: bool, bl
         ]
         plan = EpochPlan(units, _read_slices, {}, pa.array(train.ids), seed, shuffle)
     else:
-        schema = arrow_schema(train.image_shape, train.class_names, source)
-        table = pa.Table.from_batches([pixel_batch(train.ids, train.labels, np.asarray(train.pixels), schema)])
-        refs = [ray.put(table.slice(start, block_rows)) for start in range(0, len(train), block_rows)]
-        plan = EpochPlan(refs, None, {}, None, seed, shuffle)
+        schema, pixels = arrow_schema(train.image_shape, train.class_names, source), np.asarray(train.pixels)
+        tables = [  # own buffers, not slices of one table: each pickles alone
+            pa.Table.from_batches([pixel_batch(train.ids[part], train.labels[part], pixels[part], schema)])
+            for part in (slice(start, start + block_rows) for start in range(0, len(train), block_rows))
+        ]
+        plan = EpochPlan(tables, None, {}, None, seed, shuffle)
     return plan, len(train)
 
 
