@@ -198,7 +198,7 @@ def known_bad_rows(images: ParquetImages, groups: list[RowGroup], progress: bool
     """``scan_bad_rows``, remembered in ~/.cache/pitdist (or $XDG_CACHE_HOME/pitdist) under a key of the
     files (path, size, modification time) and of how they decode, so a changed file is scanned again."""
     key = {
-        "files": [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in images.files],
+        "files": [(f, st.st_size, st.st_mtime_ns) for f, st in ((f, os.stat(f)) for f in images.files)],
         "decode": [images.shape, images.resize, images.image_column, images.label_column, len(images.class_names)],
     }
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
